@@ -1,0 +1,1 @@
+"""Scale-out on Ray: hyper-parameter sweeps and parallel fold training."""

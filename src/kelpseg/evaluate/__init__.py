@@ -1,0 +1,1 @@
+"""Metrics (the competition's kelp Dice), threshold search, evaluation of prediction folders."""

@@ -1,0 +1,1 @@
+"""Band order helpers, the spectral-index registry, masking and normalisation."""

@@ -1,0 +1,1 @@
+"""Inference: prediction from run directories, TTA, ensembles, submission archives."""

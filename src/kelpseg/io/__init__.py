@@ -1,0 +1,1 @@
+"""Reading and writing competition files: tiles, masks, metadata, atomic writers."""

@@ -1,0 +1,1 @@
+"""Data preparation stages: sample plots, AOI grouping, EDA, band statistics, CV split."""

@@ -1,0 +1,1 @@
+"""Training: config, dataset, transforms, sampler, models, losses, Lightning module, run directories."""

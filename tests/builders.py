@@ -1,0 +1,54 @@
+"""Small builders of competition-format files for tests (no synthetic realism needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kelpseg.bands import FILL_VALUE, TILE_SIZE
+from kelpseg.io.integrity import md5sum
+from kelpseg.io.metadata import write_metadata
+from kelpseg.io.tiles import write_geotiff
+from kelpseg.layout import DataLayout
+
+
+def random_tile(seed: int = 0, dtype: str = "int16") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tile = rng.integers(5000, 12000, size=(7, TILE_SIZE, TILE_SIZE)).astype(dtype)
+    tile[5] = 0  # QA
+    tile[6] = rng.integers(-5, 30, size=(TILE_SIZE, TILE_SIZE))  # DEM
+    tile[6, :20, :] = FILL_VALUE
+    return tile
+
+
+def write_dataset(root: Path, train_ids: list[str], test_ids: list[str], seed: int = 0) -> DataLayout:
+    """Write a tiny valid dataset (random pixels) with a six-column metadata CSV."""
+    layout = DataLayout(root)
+    rows = []
+    for i, tid in enumerate(train_ids):
+        img = write_geotiff(layout.image_path(tid, "train"), random_tile(seed + i), "int16")
+        mask = np.zeros((TILE_SIZE, TILE_SIZE), np.uint8)
+        mask[100 : 110 + i, 50:60] = 1
+        msk = write_geotiff(layout.mask_path(tid), mask, "uint8")
+        rows.append((tid, img, "satellite", True))
+        rows.append((tid, msk, "kelp", True))
+    for i, tid in enumerate(test_ids):
+        img = write_geotiff(layout.image_path(tid, "test"), random_tile(seed + 100 + i), "int16")
+        rows.append((tid, img, "satellite", False))
+    meta = pd.DataFrame(
+        [
+            {
+                "tile_id": tid,
+                "filename": path.name,
+                "md5_hash": md5sum(path),
+                "filesize_bytes": path.stat().st_size,
+                "type": kind,
+                "in_train": in_train,
+            }
+            for tid, path, kind, in_train in rows
+        ]
+    )
+    write_metadata(layout.metadata_csv, meta)
+    return layout

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from builders import random_tile, write_dataset
 
+from builders import random_tile, write_dataset
 from kelpseg.io.integrity import check_data
 from kelpseg.io.tiles import write_geotiff
 
@@ -42,7 +42,10 @@ def test_every_problem_is_listed(layout) -> None:
     msgs = "\n".join(_messages(report))
     assert "AA000001_kelp.tif: listed in the metadata as a kelp file but not found" in msgs
     assert "AA000002_satellite.tif: expected a satellite tile of 7 band(s) x 350 x 350, got 5" in msgs
-    assert "BB000001_satellite.tif: expected a satellite tile of 7 band(s) x 350 x 350, got 7 x 200 x 200" in msgs
+    assert (
+        "BB000001_satellite.tif: expected a satellite tile of 7 band(s) x 350 x 350, got 7 x 200 x 200"
+        in msgs
+    )
     assert "AA000003_satellite.tif: " in msgs and ("truncated" in msgs or "not a readable GeoTIFF" in msgs)
     assert "AA000002_kelp.tif: md5 " in msgs and "metadata says" in msgs
     assert "ZZ999999_satellite.tif: not listed in the metadata" in msgs

@@ -62,7 +62,10 @@ def test_real_competition_metadata() -> None:
     [
         ("tile_id,filename\nA,b\n", r"meta\.csv: expected columns .* missing \['md5_hash'"),
         ("", r"meta\.csv: unreadable CSV"),
-        (SIX.replace("TRUE", "maybe", 1), r"meta\.csv: column 'in_train' must be TRUE/FALSE, got \['maybe'\]"),
+        (
+            SIX.replace("TRUE", "maybe", 1),
+            r"meta\.csv: column 'in_train' must be TRUE/FALSE, got \['maybe'\]",
+        ),
         (SIX.replace(",kelp,", ",label,"), r"meta\.csv: column 'type' must be 'satellite' or 'kelp'"),
         (SIX + SIX.splitlines()[1] + "\n", r"meta\.csv: duplicate rows for tile\(s\) \['AA000001'\]"),
         (SEVEN.replace("test_img", "other"), r"meta\.csv: unknown 'dataset' values \['other'\]"),

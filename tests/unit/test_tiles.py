@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from builders import random_tile
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from builders import random_tile
 from kelpseg.bands import FILL_VALUE, TILE_SIZE
 from kelpseg.errors import TileError
 from kelpseg.io.tiles import read_mask, read_raw_tile, read_tile, write_geotiff, write_mask, write_probability
@@ -43,7 +43,9 @@ def test_float_tile_with_fill(tmp_path: Path) -> None:
 
 def test_wrong_band_count_and_size(tmp_path: Path) -> None:
     six = write_geotiff(tmp_path / "six.tif", random_tile()[:6], "int16")
-    with pytest.raises(TileError, match=r"six\.tif: expected a satellite tile of 7 band\(s\) x 350 x 350, got 6"):
+    with pytest.raises(
+        TileError, match=r"six\.tif: expected a satellite tile of 7 band\(s\) x 350 x 350, got 6"
+    ):
         read_tile(six)
     small = write_geotiff(tmp_path / "small.tif", random_tile()[:, :300, :350], "int16")
     with pytest.raises(TileError, match=r"small\.tif: .*got 7 x 300 x 350"):

@@ -69,3 +69,97 @@ synth: $(STAMP) ## Generate the synthetic dataset into DATA_DIR (N_TRAIN, N_TEST
 
 check-data: $(STAMP) ## Verify DATA_DIR against its metadata CSV (add CHECKSUMS=1 for md5)
 	$(KELPSEG) check-data --data-dir $(DATA_DIR) --workers $(WORKERS) $(if $(CHECKSUMS),--checksums,)
+
+# ---- data preparation (run in this order) ------------------------------------------------------
+.PHONY: sample-plotting aoi-grouping eda calculate-band-stats train-val-test-split-cv train-val-test-split-random prep
+
+sample-plotting: $(STAMP) ## Composites + panel figures per tile (N_PLOTS=n limits the count)
+	$(KELPSEG) plot-samples --data-dir $(DATA_DIR) --workers $(WORKERS) $(if $(N_PLOTS),--n $(N_PLOTS),)
+
+aoi-grouping: $(STAMP) ## Group tiles of the same place (same terrain, other dates)
+	$(KELPSEG) aoi-grouping --data-dir $(DATA_DIR) --workers $(WORKERS)
+
+eda: $(STAMP) ## Per-tile statistics, tables, plots and eda.html
+	$(KELPSEG) eda --data-dir $(DATA_DIR) --workers $(WORKERS)
+
+calculate-band-stats: $(STAMP) ## Per-channel stats (bands + indices) over the training tiles
+	$(KELPSEG) band-stats --data-dir $(DATA_DIR) --workers $(WORKERS)
+
+train-val-test-split-cv: $(STAMP) ## Stratified K-fold over AOI groups (N_FOLDS, default 10)
+	$(KELPSEG) split --data-dir $(DATA_DIR) --n-splits $(N_FOLDS) --strategy cross_val
+
+train-val-test-split-random: $(STAMP) ## Grouped random train/val split (one fold)
+	$(KELPSEG) split --data-dir $(DATA_DIR) --strategy random
+
+prep: sample-plotting aoi-grouping eda calculate-band-stats train-val-test-split-cv ## All preparation stages in order
+
+# ---- training ----------------------------------------------------------------------------------
+.PHONY: train train-all-folds train-all-folds-parallel sweep
+
+train: $(STAMP) ## Train one fold: FOLD_NUMBER=k TRAIN_CONFIG=configs/train/...yaml
+	$(KELPSEG) train --config $(TRAIN_CONFIG) --fold $(FOLD_NUMBER) --data-dir $(DATA_DIR)
+
+train-all-folds: $(STAMP) ## Train every fold, one after another
+	$(KELPSEG) train-all-folds --config $(TRAIN_CONFIG) --data-dir $(DATA_DIR)
+
+train-all-folds-parallel: $(STAMP) ## Train every fold in parallel on Ray (RAY_ADDRESS for a cluster)
+	$(KELPSEG) train-all-folds --parallel --config $(TRAIN_CONFIG) --data-dir $(DATA_DIR)
+
+SWEEP_SPACE ?= configs/sweeps/cpu-smoke.yaml
+sweep: $(STAMP) ## Hyper-parameter sweep on Ray Tune: SWEEP_SPACE=configs/sweeps/<name>.yaml
+	$(KELPSEG) sweep --space $(SWEEP_SPACE) --data-dir $(DATA_DIR)
+
+# ---- evaluation, prediction, submissions -----------------------------------------------------
+.PHONY: eval eval-from-folders predict submission predict-and-submit cv-predict average-predictions check-submission
+
+eval: $(STAMP) ## Score RUN_DIR on its own validation fold and store its best threshold
+	$(KELPSEG) eval --run-dir $(RUN_DIR) --data-dir $(DATA_DIR) --checkpoint $(CHECKPOINT)
+
+eval-from-folders: $(STAMP) ## Competition metric of PREDS_DIR against GT_DIR (paired by tile id)
+	$(KELPSEG) evaluate --gt-dir $(GT_DIR) --preds-dir $(PREDS_DIR)
+
+predict: $(STAMP) ## Predict PREDS_INPUT_DIR with RUN_DIR into PREDS_OUTPUT_DIR
+	$(KELPSEG) predict --run-dir $(RUN_DIR) --input-dir $(PREDS_INPUT_DIR) --output-dir $(PREDS_OUTPUT_DIR) \
+		--checkpoint $(CHECKPOINT) $(if $(THRESHOLD),--threshold $(THRESHOLD),)
+
+submission: $(STAMP) ## Pack PREDS_OUTPUT_DIR into a validated submission.tar
+	$(KELPSEG) submission --preds-dir $(PREDS_OUTPUT_DIR) --data-dir $(DATA_DIR)
+
+predict-and-submit: $(STAMP) ## Single model RUN_DIR → data/submissions/single-model/<time>/submission.tar
+	$(KELPSEG) predict-and-submit --run-dir $(RUN_DIR) --data-dir $(DATA_DIR) --checkpoint $(CHECKPOINT) \
+		$(if $(THRESHOLD),--threshold $(THRESHOLD),)
+
+cv-predict: $(STAMP) ## Every fold in FOLD_RUN_DIRS predicts, weighted ensemble → submission
+	$(KELPSEG) cv-predict $(FOLD_RUN_DIRS) --data-dir $(DATA_DIR) --version $(AVG_PREDS_VERSION) \
+		$(if $(FOLD_WEIGHTS),--weights $(FOLD_WEIGHTS),) $(if $(THRESHOLD),--threshold $(THRESHOLD),)
+
+AVG_INPUT_DIRS ?= $(sort $(wildcard $(DATA_DIR)/predictions/$(AVG_PREDS_VERSION)/fold=*))
+average-predictions: $(STAMP) ## Ensemble existing predictions/<AVG_PREDS_VERSION>/fold=*/ → submission
+	$(KELPSEG) ensemble $(AVG_INPUT_DIRS) --output-dir $(DATA_DIR)/submissions/avg/$(AVG_PREDS_VERSION)/predictions \
+		$(if $(FOLD_WEIGHTS),--weights $(FOLD_WEIGHTS),) --threshold $(or $(THRESHOLD),0.5)
+	$(KELPSEG) submission --preds-dir $(DATA_DIR)/submissions/avg/$(AVG_PREDS_VERSION)/predictions --data-dir $(DATA_DIR)
+
+check-submission: $(STAMP) ## Validate SUBMISSION=path/to/submission.tar
+	$(KELPSEG) check-submission $(SUBMISSION) --data-dir $(DATA_DIR)
+
+# ---- reproduction from saved run directories (see README: "Reproducing submissions") ---------
+.PHONY: repro-best-single-model-submission repro-top-1-submission repro-top-2-submission
+
+repro-best-single-model-submission: $(STAMP) ## models/best-single-model/ → single-model submission (bf16)
+	$(KELPSEG) predict-and-submit --run-dir models/best-single-model --data-dir $(DATA_DIR) \
+		--name repro-best-single-model --bf16 --checkpoint best
+
+# The reference averaged with Σw + w_first as divisor; these thresholds are its decision rules
+# on the true weighted mean: top-1 0.48·11/10 = 0.528 (6 of 10 votes), top-2 0.45·7.168/6.502 ≈ 0.496.
+TOP_1_THRESHOLD ?= 0.528
+TOP_2_THRESHOLD ?= 0.496
+TOP_2_WEIGHTS ?= 0.666,0.5,0.666,0.88,0.637,0.59,0.733,0.63,1.0,0.2
+
+repro-top-1-submission: $(STAMP) ## models/top-submission-1/fold*/ → hard-label vote of the folds
+	$(KELPSEG) cv-predict $(sort $(wildcard models/top-submission-1/*/)) --data-dir $(DATA_DIR) \
+		--version top-1-submission --name repro-top-1 --mode vote --bf16 --threshold $(TOP_1_THRESHOLD)
+
+repro-top-2-submission: $(STAMP) ## models/top-submission-2/fold*/ → weighted soft-label average
+	$(KELPSEG) cv-predict $(sort $(wildcard models/top-submission-2/*/)) --data-dir $(DATA_DIR) \
+		--version top-2-submission --name repro-top-2 --mode soft --bf16 \
+		--weights $(TOP_2_WEIGHTS) --threshold $(TOP_2_THRESHOLD)

@@ -104,6 +104,483 @@ def check_data_cmd(
     raise typer.Exit(1)
 
 
+@app.command("run")
+def run_cmd(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Recipe (default: cpu-demo on CPU, best on GPU).")
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="Folds to train (default: 2 on CPU, all on GPU).")] = None,
+    n_splits: Annotated[int, typer.Option(help="CV folds in the split.")] = 10,
+    n_train: Annotated[int, typer.Option(help="Synthetic train tiles when data/raw is empty.")] = 300,
+    n_test: Annotated[int, typer.Option(help="Synthetic test tiles when data/raw is empty.")] = 60,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a training option: key=value.")
+    ] = None,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """The main job end to end: data, preparation, training, fold ensemble, submission, scores."""
+    from kelpseg.pipeline import PipelineOptions, run_pipeline
+
+    opts = PipelineOptions(
+        workers=workers,
+        config=config,
+        folds=folds,
+        n_splits=n_splits,
+        n_train=n_train,
+        n_test=n_test,
+        overrides=list(overrides or []),
+        progress=not quiet,
+    )
+    summary = run_pipeline(_layout(data_dir), opts, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
+    print_table("stage times", [{"stage": k, "seconds": v} for k, v in summary.stage_seconds.items()])
+    print_table("folds", [{k: v for k, v in r.items() if k != "run_dir"} for r in summary.fold_rows])
+    print_table(
+        "scores (kelp Dice over all pixels: the competition metric)",
+        [{"score": k, "value": v} for k, v in summary.scores.items()],
+    )
+    for key, value in summary.outputs.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Data preparation
+# --------------------------------------------------------------------------------------------
+@app.command("plot-samples")
+def plot_samples_cmd(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    n: Annotated[int | None, typer.Option("--n", help="Plot at most N tiles (a seeded sample).")] = None,
+    tile_id: Annotated[list[str] | None, typer.Option("--tile-id", help="Plot these tiles (repeat).")] = None,
+    dpi: Annotated[int, typer.Option(help="Panel figure resolution.")] = 100,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Composites (true colour, colour infrared, shortwave, DEM) and a panel figure per tile."""
+    from kelpseg.prep.plotting import plot_samples
+
+    out = plot_samples(_layout(data_dir), n=n, tile_ids=tile_id, workers=workers, progress=not quiet, dpi=dpi)
+    console.print(
+        f"[green]wrote[/] panel figures to {out} and composites to {_layout(data_dir).composites_dir}"
+    )
+
+
+@app.command("aoi-grouping")
+def aoi_grouping_cmd(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    threshold: Annotated[float | None, typer.Option(help="DEM similarity needed to link two tiles.")] = None,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Group tiles showing the same place (same terrain, other dates) so CV folds do not leak."""
+    from kelpseg.prep.aoi import aoi_agreement, group_aois
+
+    layout = _layout(data_dir)
+    result = group_aois(layout, threshold=threshold, workers=workers, progress=not quiet)
+    rep = result.report()
+    console.print(
+        f"[green]{rep['n_groups']} AOI groups[/] over {rep['n_tiles']} tiles "
+        f"({rep['n_unusable']} without usable terrain kept alone; largest group {rep['largest_group']}); "
+        f"{rep['seconds_per_1000_tiles']:.1f} s per 1,000 tiles"
+    )
+    console.print(f"wrote {layout.aoi_table} and {layout.aoi_groups_json}")
+    if layout.truth_aoi_table.exists():
+        agree = aoi_agreement(layout)
+        console.print(
+            f"against the synthetic truth: ARI {agree['ari']:.4f}, "
+            f"{agree['n_groups_found']} groups found vs {agree['n_groups_true']} true"
+        )
+
+
+@app.command("eda")
+def eda_cmd(data_dir: DataDir = DEFAULT_DATA_DIR, workers: Workers = 2, quiet: Quiet = False) -> None:
+    """Per-tile statistics (kelp, DEM, QA), summary tables, plots and an HTML report."""
+    from kelpseg.prep.eda import run_eda
+
+    result = run_eda(_layout(data_dir), workers=workers, progress=not quiet)
+    console.print(f"[green]EDA[/] of {result.n_tiles} tiles: {result.stats_path}")
+    console.print(f"report: {result.html_path}")
+
+
+@app.command("band-stats")
+def band_stats_cmd(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    fill_value: Annotated[str, typer.Option(help="'nan' (masked pixels excluded) or '0'.")] = "nan",
+    mask_using_qa: Annotated[bool, typer.Option(help="Mask indices where QA flags a pixel.")] = True,
+    mask_using_water_mask: Annotated[bool, typer.Option(help="Mask indices on land.")] = True,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Per-channel statistics (7 bands + every spectral index) over the training tiles."""
+    from kelpseg.prep.band_stats import compute_band_stats
+
+    stats, path = compute_band_stats(
+        _layout(data_dir),
+        fill_value=fill_value,
+        mask_using_qa=mask_using_qa,
+        mask_using_water_mask=mask_using_water_mask,
+        workers=workers,
+        progress=not quiet,
+    )
+    console.print(
+        f"[green]band stats[/] of {len(stats.channels)} channels over {stats.n_tiles} tiles: {path}"
+    )
+
+
+@app.command("split")
+def split_cmd(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    n_splits: Annotated[int, typer.Option("--n-splits", "-k", help="Number of CV folds.")] = 10,
+    seed: Annotated[int, typer.Option(help="Shuffle seed.")] = 42,
+    strategy: Annotated[str, typer.Option(help="'cross_val' (grouped, stratified K-fold) or 'random'.")] = (
+        "cross_val"
+    ),
+    train_size: Annotated[float, typer.Option(help="Train share for the random strategy.")] = 0.95,
+) -> None:
+    """Stratified K-fold over AOI groups (a group never spans train and val of one fold)."""
+    from kelpseg.prep.split import make_cv_split, make_random_split
+
+    layout = _layout(data_dir)
+    if strategy == "cross_val":
+        path = make_cv_split(layout, n_splits=n_splits, seed=seed)
+    elif strategy == "random":
+        path = make_random_split(layout, train_size=train_size, seed=seed)
+    else:
+        raise KelpsegError(f"unknown split strategy {strategy!r}; choose 'cross_val' or 'random'")
+    console.print(f"[green]split[/] written to {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Training config YAML.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config option: key=value (repeat).")
+]
+
+
+def _train_config(config: Path | None, data_dir: Path | None, overrides: list[str] | None, **fixed: object):
+    from kelpseg.train.config import load_config
+
+    sets = list(overrides or [])
+    if data_dir is not None:
+        sets.insert(0, f"data_dir={data_dir}")
+    sets[:0] = [f"{k}={v}" for k, v in fixed.items() if v is not None]
+    return load_config(config, sets)
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt = None,
+    fold: Annotated[int | None, typer.Option("--fold", "-f", help="CV fold to validate on.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
+    overrides: SetOpt = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume an interrupted run directory.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train one fold; writes a self-contained run directory (config, stats, checkpoints, metrics)."""
+    from kelpseg.train.run import resume as resume_run
+    from kelpseg.train.run import train
+
+    if resume is not None:
+        run_dir = resume_run(resume, progress=not quiet)
+    else:
+        cfg = _train_config(config, data_dir, overrides, fold=fold)
+        run_dir = train(cfg, progress=not quiet)
+    _print_run(run_dir)
+
+
+def _print_run(run_dir: Path) -> None:
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary.get("best_score")
+    best_txt = "n/a" if best is None else f"{best:.4f}"
+    console.print(
+        f"[green]run[/] {run_dir}: best val/dice {best_txt} after {summary.get('epochs_done')} epoch(s)"
+    )
+
+
+@app.command("train-all-folds")
+def train_all_folds_cmd(
+    config: ConfigOpt = None,
+    folds: Annotated[str | None, typer.Option(help="Comma list of folds (default: every fold).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
+    overrides: SetOpt = None,
+    parallel: Annotated[bool, typer.Option(help="Fan the folds out as Ray tasks.")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address (default: embedded).")
+    ] = None,
+    cpus_per_fold: Annotated[float, typer.Option(help="CPUs per fold (parallel).")] = 1.0,
+    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold (parallel).")] = 0.0,
+    max_retries: Annotated[int, typer.Option(help="Retries of a fold whose worker dies.")] = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Train every CV fold (one after another, or in parallel on Ray) and print the fold scores."""
+    from kelpseg.distributed.folds import available_folds, train_folds
+
+    cfg = _train_config(config, data_dir, overrides)
+    fold_list = [int(f) for f in folds.split(",")] if folds else available_folds(cfg)
+    result = train_folds(
+        cfg,
+        fold_list,
+        parallel=parallel,
+        ray_address=ray_address,
+        cpus_per_fold=cpus_per_fold,
+        gpus_per_fold=gpus_per_fold,
+        max_retries=max_retries,
+        progress=not quiet,
+    )
+    print_table("fold scores", result.rows())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation, prediction, ensembles, submissions
+# --------------------------------------------------------------------------------------------
+RunDir = Annotated[Path, typer.Option("--run-dir", "-r", help="A training run directory.")]
+Checkpoint = Annotated[str, typer.Option(help="'best' or 'last' checkpoint.")]
+Tta = Annotated[bool, typer.Option(help="Test-time augmentation (8 flips/rotations).")]
+TtaMerge = Annotated[str, typer.Option(help="Merge TTA probabilities: mean, max, min, gmean.")]
+Bf16 = Annotated[bool, typer.Option(help="bf16 autocast inference.")]
+LandMask = Annotated[bool, typer.Option(help="No kelp where DEM > 0 (land).")]
+BatchSize = Annotated[int, typer.Option(help="Tiles per inference batch.")]
+Threshold = Annotated[
+    float | None, typer.Option(help="Decision threshold (default: the run's fitted one, else 0.5).")
+]
+
+
+def _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet):
+    from kelpseg.infer.workflows import PredictOptions
+
+    return PredictOptions(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, not quiet)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: RunDir,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    bf16: Bf16 = False,
+    land_mask: LandMask = False,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Score a run on its own validation fold and store the best decision threshold in it."""
+    from kelpseg.infer.predict import evaluate_run
+
+    layout = _layout(data_dir) if data_dir is not None else None
+    res = evaluate_run(
+        run_dir,
+        layout=layout,
+        checkpoint=checkpoint,
+        tta=tta,
+        bf16=bf16,
+        land_mask=land_mask,
+        num_workers=workers,
+        progress=not quiet,
+    )
+    at_half = res.dice_at(0.5)
+    console.print(
+        f"[green]val/dice[/] {res.dice:.4f} at threshold {res.threshold:.2f}"
+        + (f" ({at_half:.4f} at 0.50)" if at_half is not None else "")
+        + f"; stored in {run_dir / 'threshold.json'}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    gt_dir: Annotated[Path, typer.Option("--gt-dir", help="Folder of <tile_id>_kelp.tif ground truth.")],
+    preds_dir: Annotated[Path, typer.Option("--preds-dir", help="Folder of predictions (masks or probs).")],
+    threshold: Annotated[float, typer.Option(help="Threshold for probability predictions.")] = 0.5,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report JSON here.")] = None,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Competition metric (kelp Dice over all pixels) of a prediction folder, paired by tile id."""
+    from kelpseg.evaluate.evaluate import evaluate_folders, write_report
+
+    report = evaluate_folders(gt_dir, preds_dir, threshold=threshold, workers=workers, progress=not quiet)
+    print_table("evaluation", [{k: v for k, v in report.scores.items()}])
+    out = output or Path(preds_dir) / "evaluation.json"
+    write_report(report, out)
+    console.print(f"report: {out}")
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: RunDir,
+    input_dir: Annotated[Path, typer.Option("--input-dir", "-i", help="Folder of *_satellite.tif tiles.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write <tile>_kelp.tif.")],
+    checkpoint: Checkpoint = "best",
+    soft: Annotated[bool, typer.Option(help="Write float32 probabilities instead of 0/1 masks.")] = False,
+    threshold: Threshold = None,
+    tta: Tta = False,
+    tta_merge: TtaMerge = "mean",
+    bf16: Bf16 = False,
+    land_mask: LandMask = False,
+    batch_size: BatchSize = 8,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Predict a folder of tiles with a trained run (masks or probability maps)."""
+    from dataclasses import asdict
+
+    from kelpseg.infer.predict import predict_folder
+
+    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
+    res = predict_folder(run_dir, input_dir, output_dir, soft=soft, threshold=threshold, **asdict(opts))
+    what = "probability maps" if soft else f"masks (threshold {res.threshold}, {res.threshold_source})"
+    console.print(f"[green]wrote[/] {res.n_tiles} {what} to {output_dir} in {res.seconds:.1f}s")
+
+
+@app.command("predict-and-submit")
+def predict_and_submit_cmd(
+    run_dir: RunDir,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    name: Annotated[str | None, typer.Option(help="Submission folder name (default: UTC time).")] = None,
+    checkpoint: Checkpoint = "best",
+    threshold: Threshold = None,
+    tta: Tta = False,
+    tta_merge: TtaMerge = "mean",
+    bf16: Bf16 = False,
+    land_mask: LandMask = False,
+    batch_size: BatchSize = 8,
+    previews: Annotated[int, typer.Option(help="Preview PNGs to write.")] = 10,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """One model: predict the test tiles and write a validated submission.tar with previews."""
+    from kelpseg.infer.workflows import predict_and_submit
+
+    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
+    res = predict_and_submit(run_dir, _layout(data_dir), name, threshold, opts, previews)
+    console.print(f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, threshold {res.threshold})")
+
+
+@app.command("cv-predict")
+def cv_predict_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Fold run directories.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    version: Annotated[str, typer.Option(help="Name of predictions/<version>/fold=<k>/.")] = "cv",
+    name: Annotated[str | None, typer.Option(help="Submission folder name (default: UTC time).")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Comma list of weights, or 'val' (from validation Dice); default equal."),
+    ] = None,
+    threshold: Threshold = None,
+    mode: Annotated[
+        str, typer.Option(help="'soft' (average probabilities) or 'vote' (hard labels).")
+    ] = "soft",
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    tta_merge: TtaMerge = "mean",
+    bf16: Bf16 = False,
+    land_mask: LandMask = False,
+    batch_size: BatchSize = 8,
+    previews: Annotated[int, typer.Option(help="Preview PNGs to write.")] = 10,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Every fold predicts the test tiles; their weighted ensemble becomes a submission."""
+    from kelpseg.infer.workflows import cv_predict
+
+    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
+    res = cv_predict(
+        run_dirs,
+        _layout(data_dir),
+        version,
+        name,
+        _parse_weights(weights),
+        threshold,
+        mode,
+        opts,
+        previews=previews,
+    )
+    console.print(
+        f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, "
+        f"weights {res.weights}, threshold {res.threshold})"
+    )
+
+
+def _parse_weights(weights: str | None) -> list[float] | str | None:
+    if weights is None or weights == "val":
+        return weights
+    try:
+        return [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise KelpsegError(f"--weights must be a comma list of numbers or 'val', got {weights!r}") from None
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    pred_dirs: Annotated[list[Path], typer.Argument(help="Prediction folders (probabilities or masks).")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the ensemble.")],
+    weights: Annotated[str | None, typer.Option(help="Comma list of weights (default: equal).")] = None,
+    threshold: Annotated[float, typer.Option(help="Threshold on the weighted mean.")] = 0.5,
+    mode: Annotated[str, typer.Option(help="'soft' or 'vote'.")] = "soft",
+    write_probabilities: Annotated[bool, typer.Option(help="Also write the weighted-mean maps.")] = False,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Weighted average of several prediction folders, then one threshold (or weighted voting)."""
+    from kelpseg.infer.ensemble import ensemble_folders
+
+    w = _parse_weights(weights)
+    if w == "val":
+        raise KelpsegError("--weights val needs run dirs: use `kelpseg cv-predict`")
+    res = ensemble_folders(
+        pred_dirs,
+        output_dir,
+        weights=w,
+        threshold=threshold,
+        mode=mode,
+        write_probabilities=write_probabilities,
+        workers=workers,
+        progress=not quiet,
+    )
+    console.print(f"[green]ensemble[/] of {len(res.members)} folder(s): {res.n_tiles} tiles in {output_dir}")
+
+
+@app.command("submission")
+def submission_cmd(
+    preds_dir: Annotated[Path, typer.Option("--preds-dir", help="Folder of 0/1 <tile_id>_kelp.tif masks.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The .tar to write.")] = None,
+    previews: Annotated[int, typer.Option(help="Preview PNGs next to the archive.")] = 10,
+    quiet: Quiet = False,
+) -> None:
+    """Pack the test-tile masks into a validated, uncompressed submission.tar."""
+    from kelpseg.infer.previews import write_prediction_previews
+    from kelpseg.infer.submission import write_submission
+
+    layout = _layout(data_dir)
+    out = output or Path(preds_dir).parent / "submission.tar"
+    tar = write_submission(preds_dir, layout, out)
+    if previews:
+        write_prediction_previews(
+            layout.test_images, preds_dir, out.parent / "previews", n=previews, progress=not quiet
+        )
+    console.print(f"[green]submission[/] {tar}")
+
+
+@app.command("check-submission")
+def check_submission_cmd(
+    tar: Annotated[Path, typer.Argument(help="The submission.tar to check.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Check a submission archive: one 350x350 uint8 0/1 mask per test tile, nothing else."""
+    from kelpseg.infer.submission import check_submission
+
+    problems = check_submission(tar, _layout(data_dir))
+    if not problems:
+        console.print(f"[green]{tar}: valid submission[/]")
+        return
+    for problem in problems:
+        console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
 def print_table(title: str, rows: list[dict[str, object]]) -> None:
     """Print a list of dicts as a rich table."""
     if not rows:
@@ -112,7 +589,7 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
     for key in rows[0]:
         table.add_column(str(key))
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
 
 

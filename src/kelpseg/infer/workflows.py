@@ -1,0 +1,210 @@
+"""Multi-step inference workflows: single model → submission, fold ensemble → submission.
+
+Each workflow writes one self-describing folder::
+
+    <data>/submissions/<kind>/<name>/
+        predictions/            <tile_id>_kelp.tif  (uint8 0/1, the archive's content)
+        submission.tar          uncompressed, validated before it is renamed into place
+        previews/               true colour with the predicted kelp, for a few tiles
+        workflow.json           every option, the run dirs used, weights and threshold
+
+``name`` defaults to a UTC timestamp; the ``repro-*`` make targets pass a fixed name so the
+same run dirs always rebuild the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kelpseg.errors import KelpsegError
+from kelpseg.infer.ensemble import ensemble_folders, weights_from_scores
+from kelpseg.infer.predict import predict_folder
+from kelpseg.infer.previews import write_prediction_previews
+from kelpseg.infer.submission import write_submission
+from kelpseg.io.atomic import write_json
+from kelpseg.layout import DataLayout
+
+THRESHOLD_FILE = "threshold.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class PredictOptions:
+    """Options shared by every model of a workflow (see :func:`predict_folder`)."""
+
+    checkpoint: str = "best"
+    tta: bool = False
+    tta_merge: str = "mean"
+    bf16: bool = False
+    land_mask: bool = False
+    batch_size: int = 8
+    num_workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class SubmissionResult:
+    folder: Path
+    tar: Path
+    predictions: Path
+    n_tiles: int
+    threshold: float
+    weights: list[float] = field(default_factory=list)
+    previews: list[Path] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_val_score(run_dir: str | Path) -> float:
+    """A run's validation Dice: the fitted-threshold score (``kelpseg eval``) or training's best."""
+    run_dir = Path(run_dir)
+    fitted = _read_json(run_dir / THRESHOLD_FILE)
+    if fitted and fitted.get("dice") is not None:
+        return float(fitted["dice"])
+    summary = _read_json(run_dir / SUMMARY_FILE)
+    if summary and summary.get("best_score") is not None:
+        return float(summary["best_score"])
+    raise KelpsegError(
+        f"{run_dir}: no validation score (neither {THRESHOLD_FILE} nor a best score in {SUMMARY_FILE})"
+    )
+
+
+def run_threshold(run_dir: str | Path) -> float | None:
+    fitted = _read_json(Path(run_dir) / THRESHOLD_FILE)
+    return None if not fitted else float(fitted["threshold"])
+
+
+def _folder(layout: DataLayout, kind: str, name: str | None) -> Path:
+    name = name or datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+    return layout.submissions / kind / name
+
+
+def _finish(
+    layout: DataLayout,
+    folder: Path,
+    preds: Path,
+    input_dir: Path,
+    threshold: float,
+    weights: list[float],
+    previews: int,
+    record: dict[str, Any],
+    progress: bool,
+) -> SubmissionResult:
+    tar = write_submission(preds, layout, folder / "submission.tar")
+    shown = write_prediction_previews(input_dir, preds, folder / "previews", n=previews, progress=progress)
+    write_json(folder / "workflow.json", record)
+    n = sum(1 for _ in preds.glob("*_kelp.tif"))
+    return SubmissionResult(folder, tar, preds, n, threshold, weights, shown)
+
+
+def predict_and_submit(
+    run_dir: str | Path,
+    layout: DataLayout,
+    name: str | None = None,
+    threshold: float | None = None,
+    options: PredictOptions | None = None,
+    previews: int = 10,
+) -> SubmissionResult:
+    """One model → ``submissions/single-model/<name>/`` with a validated ``submission.tar``."""
+    options = options or PredictOptions()
+    folder = _folder(layout, "single-model", name)
+    preds = folder / "predictions"
+    result = predict_folder(
+        run_dir, layout.test_images, preds, soft=False, threshold=threshold, **asdict(options)
+    )
+    record = {
+        "workflow": "predict-and-submit",
+        "run_dir": str(run_dir),
+        "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
+        **asdict(options),
+    }
+    return _finish(
+        layout,
+        folder,
+        preds,
+        layout.test_images,
+        float(result.threshold or 0.5),
+        [],
+        previews,
+        record,
+        options.progress,
+    )
+
+
+def resolve_ensemble(
+    run_dirs: Sequence[str | Path], weights: Sequence[float] | str | None, threshold: float | None
+) -> tuple[list[float], float, str]:
+    """Member weights and the ensemble threshold.
+
+    ``weights``: a list, ``"val"`` (min-max of each run's validation Dice to [0.2, 1]) or None
+    (all 1). ``threshold``: given, else the weighted mean of the runs' fitted thresholds when
+    every run has one (``kelpseg eval``), else 0.5.
+    """
+    if isinstance(weights, str):
+        if weights != "val":
+            raise KelpsegError(f"weights must be numbers or 'val', got {weights!r}")
+        w = weights_from_scores([run_val_score(r) for r in run_dirs])
+    elif weights is None:
+        w = [1.0] * len(run_dirs)
+    else:
+        w = [float(x) for x in weights]
+        if len(w) != len(run_dirs):
+            raise KelpsegError(f"{len(w)} weight(s) given for {len(run_dirs)} run dir(s)")
+    if threshold is not None:
+        return w, float(threshold), "given"
+    fitted = [run_threshold(r) for r in run_dirs]
+    if all(t is not None for t in fitted) and sum(w) > 0:
+        mean = sum(wi * ti for wi, ti in zip(w, fitted, strict=True)) / sum(w)  # type: ignore[operator]
+        return w, round(mean, 4), "weighted mean of the runs' fitted thresholds"
+    return w, 0.5, "default 0.5 (run `kelpseg eval` on each run to fit thresholds)"
+
+
+def cv_predict(
+    run_dirs: Sequence[str | Path],
+    layout: DataLayout,
+    version: str = "cv",
+    name: str | None = None,
+    weights: Sequence[float] | str | None = None,
+    threshold: float | None = None,
+    mode: str = "soft",
+    options: PredictOptions | None = None,
+    input_dir: Path | None = None,
+    previews: int = 10,
+) -> SubmissionResult:
+    """Every fold model predicts the test tiles (probabilities, or 0/1 labels in ``vote`` mode)
+    into ``predictions/<version>/fold=<k>/``; their weighted ensemble becomes
+    ``submissions/avg/<name>/`` with a validated ``submission.tar``."""
+    if not run_dirs:
+        raise KelpsegError("cv-predict needs at least one run dir")
+    options = options or PredictOptions()
+    input_dir = input_dir or layout.test_images
+    w, t, t_source = resolve_ensemble(run_dirs, weights, threshold)
+    member_dirs = []
+    for k, run_dir in enumerate(run_dirs):
+        out = layout.predictions / version / f"fold={k}"
+        predict_folder(run_dir, input_dir, out, soft=(mode == "soft"), **asdict(options))
+        member_dirs.append(out)
+    folder = _folder(layout, "avg", name)
+    preds = folder / "predictions"
+    ensemble_folders(
+        member_dirs, preds, weights=w, threshold=t, mode=mode, workers=2, progress=options.progress
+    )
+    record = {
+        "workflow": "cv-predict",
+        "run_dirs": [str(r) for r in run_dirs],
+        "member_predictions": [str(d) for d in member_dirs],
+        "weights": w,
+        "threshold": t,
+        "threshold_source": t_source,
+        "mode": mode,
+        **asdict(options),
+    }
+    return _finish(layout, folder, preds, input_dir, t, w, previews, record, options.progress)

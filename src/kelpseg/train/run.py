@@ -1,0 +1,565 @@
+"""Training runs: run directories, MLflow tracking, resuming, and loading a run for inference.
+
+``train(config)`` writes ``<output_dir>/<run_name>/``::
+
+    config.yaml           the resolved TrainConfig (run_name filled in)
+    band_stats.json       copy of the band statistics used
+    split.json            split parquet path + sha256, fold, train / val tile ids
+    mlflow.json           tracking URI, experiment and run id (when MLflow is on)
+    checkpoints/best.ckpt best epoch by ``monitor_metric`` (val/dice: the competition metric)
+    checkpoints/last.ckpt end of the latest epoch (written every epoch, atomically)
+    metrics.csv           one row per epoch: losses, val scores, lr, seconds, train samples/s
+    previews/epoch=EEE.png
+    summary.json          best score and epoch, epochs done, wall time, throughput, status
+
+A checkpoint holds the model, the batch transform and the config, so ``load_run`` needs nothing
+else. ``resume(run_dir)`` continues from ``last.ckpt`` (epoch count, optimizer, scheduler,
+callbacks) and, when possible, the same MLflow run; a killed process loses only its partial epoch.
+
+MLflow: the tracking URI is ``$MLFLOW_TRACKING_URI``, else ``config.mlflow_tracking_uri``, else
+``sqlite:///<output_dir>/mlflow.db`` (the first run creates the database, ~10 s). MLflow 3 refuses
+a plain file store (``./mlruns``) unless ``MLFLOW_ALLOW_FILE_STORE=true`` is set. Logged: the config
+as params, every metric, and at the end the previews, metrics, config and best checkpoint as
+artifacts. ``mlflow: false`` turns tracking off.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from kelpseg.errors import KelpsegError
+from kelpseg.io.atomic import atomic_path, write_json
+from kelpseg.layout import DataLayout
+from kelpseg.train.config import TrainConfig
+from kelpseg.train.module import KelpSegmentationModule
+from kelpseg.train.transforms import BatchTransform
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+BAND_STATS_FILE = "band_stats.json"
+SPLIT_FILE = "split.json"
+MLFLOW_FILE = "mlflow.json"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+PREVIEW_DIR = "previews"
+METRICS_COLUMNS = (
+    "epoch",
+    "train/loss",
+    "val/loss",
+    "val/dice",
+    "val/iou",
+    "val/precision",
+    "val/recall",
+    "val/macro_dice",
+    "lr",
+    "seconds",
+    "train_samples_per_s",
+)
+
+
+class RunDirError(KelpsegError):
+    """A run directory is missing, incomplete, or would be overwritten."""
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def default_run_name(config: TrainConfig, now: datetime | None = None) -> str:
+    """``<arch>-<encoder>-fold<k>-<UTC timestamp>``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    encoder = config.encoder.replace("/", "_")
+    return f"{config.architecture}-{encoder}-fold{config.fold}-{stamp}"
+
+
+def resolve_tracking_uri(config: TrainConfig) -> str:
+    """``$MLFLOW_TRACKING_URI`` > ``config.mlflow_tracking_uri`` > ``sqlite:///<output_dir>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if config.mlflow_tracking_uri:
+        return config.mlflow_tracking_uri
+    return f"sqlite:///{Path(config.output_dir).resolve() / 'mlflow.db'}"
+
+
+def _on_cpu(config: TrainConfig) -> bool:
+    if config.accelerator == "cpu":
+        return True
+    return config.accelerator == "auto" and not torch.cuda.is_available()
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """Lightning precision; ``16-mixed`` is GPU-only: on a CPU it becomes ``bf16-mixed`` (with a warning)."""
+    if config.precision == "16-mixed" and _on_cpu(config):
+        warnings.warn("precision 16-mixed needs a GPU; using bf16-mixed on the CPU", stacklevel=2)
+        return "bf16-mixed"
+    return config.precision
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename, so a kill never leaves half a ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    value = float(value)
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(METRICS_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---- callbacks ----------------------------------------------------------------------------------
+class EpochMetricsCallback(Callback):
+    """Writes one ``metrics.csv`` row per epoch (rank 0) and tracks training throughput.
+
+    The row is written at the end of validation, before the checkpoints of that epoch, so a
+    resumed run may see a row for the epoch it re-runs; ``resume`` drops such rows first.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = [dict(r) for r in read_metrics(self.path.parent)]
+        self.train_seconds = 0.0
+        self.train_samples = 0
+        self._epoch_start = 0.0
+        self._train_start = 0.0
+        self._epoch_train_seconds = 0.0
+        self._epoch_samples = 0
+        self._written_epoch = -1
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = self._train_start = time.perf_counter()
+        self._epoch_train_seconds = 0.0
+        self._epoch_samples = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        batch = args[1] if len(args) > 1 else None
+        if isinstance(batch, dict) and "image" in batch:
+            self._epoch_samples += int(batch["image"].shape[0])
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._train_start:
+            self._epoch_train_seconds += time.perf_counter() - self._train_start
+            self._train_start = 0.0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write_row(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._written_epoch != trainer.current_epoch:  # no validation this epoch
+            if self._train_start:
+                self._epoch_train_seconds += time.perf_counter() - self._train_start
+                self._train_start = 0.0
+            self._write_row(trainer, pl_module)
+
+    def _write_row(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        self.train_seconds += self._epoch_train_seconds
+        self.train_samples += self._epoch_samples
+        self._written_epoch = epoch
+        metrics = trainer.callback_metrics
+        train_loss = pl_module.train_loss_epoch() if hasattr(pl_module, "train_loss_epoch") else None
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        seconds = time.perf_counter() - self._epoch_start
+        throughput = (
+            self._epoch_samples / self._epoch_train_seconds if self._epoch_train_seconds > 0 else None
+        )
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train/loss": _fmt(train_loss),
+            **{k: _fmt(metrics.get(k)) for k in METRICS_COLUMNS[2:8]},
+            "lr": _fmt(lr),
+            "seconds": f"{seconds:.2f}",
+            "train_samples_per_s": _fmt(throughput),
+        }
+        if not trainer.is_global_zero:
+            return
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
+        _write_metrics(self.path, self.rows)
+        if trainer.logger is not None:
+            extra = {
+                "train/loss_epoch": train_loss,
+                "epoch_seconds": seconds,
+                "train_samples_per_s": throughput,
+            }
+            trainer.logger.log_metrics(
+                {k: float(v) for k, v in extra.items() if v is not None}, step=trainer.global_step
+            )
+
+
+# ---- MLflow -------------------------------------------------------------------------------------
+def _mlflow_params(config: TrainConfig) -> dict[str, Any]:
+    out = {}
+    for key, value in config.to_dict().items():
+        out[key] = ",".join(str(v) for v in value) if isinstance(value, list) else value
+    return out
+
+
+def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) -> Any:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = resolve_tracking_uri(config)
+    artifacts = (Path(config.output_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        logger = MLFlowLogger(
+            experiment_name=config.experiment,
+            run_name=config.run_name,
+            tracking_uri=uri,
+            artifact_location=artifacts,
+            run_id=run_id,
+            tags={"run_dir": str(run_dir.resolve())},
+        )
+        _ = logger.experiment  # connect now, so a bad URI fails before training starts
+        new_run_id = logger.run_id
+    except Exception as exc:  # MLflow raises many types for a bad store
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ""
+        if "MLFLOW_ALLOW_FILE_STORE" in str(exc):
+            hint = (
+                " (set MLFLOW_ALLOW_FILE_STORE=true for a plain file store, or use sqlite:///path/mlflow.db)"
+            )
+        raise KelpsegError(f"MLflow tracking URI {uri}: cannot start a run: {message}{hint}") from None
+    write_json(
+        run_dir / MLFLOW_FILE, {"tracking_uri": uri, "experiment": config.experiment, "run_id": new_run_id}
+    )
+    if run_id is None:
+        logger.log_hyperparams(_mlflow_params(config))
+    return logger
+
+
+def _log_artifacts(logger: Any, run_dir: Path, best: Path | None) -> None:
+    client, run_id = logger.experiment, logger.run_id
+    for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SPLIT_FILE, BAND_STATS_FILE):
+        if (run_dir / name).is_file():
+            client.log_artifact(run_id, str(run_dir / name))
+    if (run_dir / PREVIEW_DIR).is_dir() and any((run_dir / PREVIEW_DIR).iterdir()):
+        client.log_artifacts(run_id, str(run_dir / PREVIEW_DIR), PREVIEW_DIR)
+    if best is not None and best.is_file():
+        client.log_artifact(run_id, str(best), CHECKPOINT_DIR)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class TopKCheckpoint(ModelCheckpoint):
+    """The ``save_top_k`` best epochs as ``top-epoch=EEE.ckpt`` (a subclass: its own checkpoint state key)."""
+
+
+def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> list[Callback]:
+    from kelpseg.train.previews import PreviewCallback
+
+    best = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="best",
+        monitor=config.monitor_metric,
+        mode=config.monitor_mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    # Not ``save_last=True`` on the monitored callback: Lightning then writes last.ckpt only in
+    # epochs that improved the monitored metric. A second, unmonitored callback keeping the
+    # newest checkpoint writes it after every epoch.
+    last = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [
+        EpochMetricsCallback(run_dir / METRICS_FILE),
+        PreviewCallback(run_dir / PREVIEW_DIR, preview_ids, config.preview_every_n_epochs),
+        best,
+        last,
+    ]
+    if config.save_top_k > 1:
+        callbacks.append(
+            TopKCheckpoint(
+                dirpath=run_dir / CHECKPOINT_DIR,
+                filename="top-epoch={epoch:03d}",
+                monitor=config.monitor_metric,
+                mode=config.monitor_mode,
+                save_top_k=config.save_top_k,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
+    if config.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=config.monitor_metric,
+                mode=config.monitor_mode,
+                patience=config.early_stopping_patience,
+            )
+        )
+    if config.swa:
+        start = config.swa_epoch_start
+        callbacks.append(
+            StochasticWeightAveraging(
+                swa_lrs=config.swa_lr,
+                swa_epoch_start=int(start) if start >= 1 else start,  # >= 1: an epoch number
+                annealing_epochs=config.swa_annealing_epochs,
+            )
+        )
+    return callbacks
+
+
+def _progress_callbacks(progress: bool) -> list[Callback]:
+    if not progress:
+        return []
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    return [RichProgressBar()] if sys.stdout.isatty() else [TQDMProgressBar(refresh_rate=10)]
+
+
+def _make_trainer(
+    config: TrainConfig, run_dir: Path, callbacks: list[Callback], logger: Any, progress: bool
+) -> pl.Trainer:
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("medium")
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=config.epochs,
+        precision=resolve_precision(config),  # type: ignore[arg-type]
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        deterministic=config.deterministic,
+        log_every_n_steps=config.log_every_n_steps,
+        callbacks=[*callbacks, *_progress_callbacks(progress)],
+        logger=logger if logger is not None else False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        num_sanity_val_steps=1,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def _summary(
+    run_dir: Path, config: TrainConfig, trainer: pl.Trainer | None, status: str, **extra: Any
+) -> dict:
+    rows = read_metrics(run_dir)
+    key = config.monitor_metric
+    scored = [r for r in rows if r.get(key)]
+    best_row = None
+    if scored:
+        pick = max if config.monitor_mode == "max" else min
+        best_row = pick(scored, key=lambda r: float(r[key]))
+    metrics_cb = next(
+        (c for c in (trainer.callbacks if trainer else []) if isinstance(c, EpochMetricsCallback)), None
+    )
+    samples = metrics_cb.train_samples if metrics_cb else 0
+    seconds = metrics_cb.train_seconds if metrics_cb else 0.0
+    summary = {
+        "status": status,
+        "run_name": config.run_name,
+        "monitor_metric": key,
+        "best_score": float(best_row[key]) if best_row else None,
+        "best_epoch": int(best_row["epoch"]) if best_row else None,
+        "best_val_dice": float(best_row["val/dice"]) if best_row and best_row.get("val/dice") else None,
+        "epochs_done": len(rows),
+        "epochs_planned": config.epochs,
+        "total_epoch_seconds": round(sum(float(r["seconds"]) for r in rows if r.get("seconds")), 2),
+        "train_samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
+        **extra,
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _fit(
+    config: TrainConfig,
+    run_dir: Path,
+    layout: DataLayout | None,
+    progress: bool,
+    ckpt_path: Path | None,
+    mlflow_run_id: str | None,
+) -> Path:
+    from kelpseg.train.datamodule import KelpDataModule
+    from kelpseg.train.previews import choose_preview_tiles
+
+    started = time.perf_counter()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = KelpDataModule(config, layout)  # reads tables and stats, never a tile
+    module = KelpSegmentationModule(config, datamodule.band_stats)
+    if ckpt_path is None:  # inputs are fine: only now create the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_files(config, run_dir, datamodule)
+    logger = _make_mlflow_logger(config, run_dir, mlflow_run_id) if config.mlflow else None
+    preview_ids = choose_preview_tiles(datamodule.val_frame, config.preview_n_tiles)
+    trainer = _make_trainer(config, run_dir, _callbacks(config, run_dir, preview_ids), logger, progress)
+    status = "failed"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        status = "interrupted" if trainer.interrupted else "finished"
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after cleanup
+        status = "interrupted"
+        raise
+    finally:
+        if trainer.is_global_zero:
+            summary = _summary(
+                run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
+            )
+            if logger is not None:
+                best = run_dir / CHECKPOINT_DIR / "best.ckpt"
+                _log_artifacts(logger, run_dir, best if status == "finished" else None)
+                if summary["best_score"] is not None:
+                    logger.log_metrics({"best_score": summary["best_score"]})
+    return run_dir
+
+
+def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> None:
+    config.save(run_dir / CONFIG_FILE)
+    with atomic_path(run_dir / BAND_STATS_FILE) as tmp:
+        shutil.copyfile(datamodule.band_stats_path, tmp)
+    write_json(run_dir / SPLIT_FILE, datamodule.split_info())
+
+
+def train(config: TrainConfig, layout: DataLayout | None = None, progress: bool = True) -> Path:
+    """Train one fold as ``config`` says; returns the run directory (see the module docstring)."""
+    if config.run_name is None:
+        config = config.model_copy(update={"run_name": default_run_name(config)})
+    run_dir = Path(config.output_dir) / str(config.run_name)
+    if (run_dir / CHECKPOINT_DIR).exists() or (run_dir / CONFIG_FILE).exists():
+        raise RunDirError(
+            f"{run_dir}: run directory already exists; resume it with `kelpseg train --resume {run_dir}` "
+            "or choose another run_name"
+        )
+    return _fit(config, run_dir, layout, progress, ckpt_path=None, mlflow_run_id=None)
+
+
+def resume(run_dir: str | Path, layout: DataLayout | None = None, progress: bool = True) -> Path:
+    """Continue a run from ``checkpoints/last.ckpt`` (same config, epoch count, optimizer, scheduler)."""
+    run_dir = Path(run_dir)
+    config = _read_run_config(run_dir)
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    if not last.is_file():
+        raise RunDirError(f"{last}: no checkpoint to resume from (the run did not finish one epoch)")
+    done = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1))
+    rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= done]
+    _write_metrics(run_dir / METRICS_FILE, rows)
+    run_id = None
+    if config.mlflow and (run_dir / MLFLOW_FILE).is_file():
+        import json
+
+        run_id = json.loads((run_dir / MLFLOW_FILE).read_text()).get("run_id")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        return _fit(config, run_dir, layout, progress, ckpt_path=last, mlflow_run_id=run_id)
+
+
+# ---- loading for inference ----------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A trained run ready for inference.
+
+    ``model`` maps the normalised, padded batch (N, C, S, S) to kelp logits (N, 1, S, S);
+    ``transform`` maps raw tiles (N, 7, 350, 350) with NaN at fill to that input; ``unpad`` maps
+    (N, 1, S, S) back to (N, 1, 350, 350); ``band_stats`` is the channel -> stats table used.
+    """
+
+    config: TrainConfig
+    model: nn.Module
+    transform: BatchTransform
+    unpad: Callable[[torch.Tensor], torch.Tensor]
+    band_stats: dict[str, dict[str, Any]]
+    run_dir: Path
+    checkpoint: Path
+
+    def predict_proba(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw tiles (N, 7, 350, 350) -> kelp probabilities (N, 350, 350)."""
+        with torch.no_grad():
+            logits = self.model(self.transform(raw))
+            return torch.sigmoid(self.unpad(logits).float())[:, 0]
+
+
+def _read_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG_FILE})")
+    return TrainConfig.from_yaml(path)
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """``best`` / ``last`` -> ``<run_dir>/checkpoints/<name>.ckpt``; any other value is a file path."""
+    run_dir = Path(run_dir)
+    path = (
+        run_dir / CHECKPOINT_DIR / f"{checkpoint}.ckpt"
+        if checkpoint in ("best", "last")
+        else Path(checkpoint)
+    )
+    if not path.is_file():
+        raise RunDirError(f"{path}: checkpoint not found in run {run_dir}")
+    return path
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> KelpSegmentationModule:
+    """A ``KelpSegmentationModule`` from a checkpoint written by training, in eval mode."""
+    try:
+        module = KelpSegmentationModule.load_from_checkpoint(
+            str(path), map_location=map_location, weights_only=False
+        )
+    except KelpsegError:
+        raise
+    except Exception as exc:
+        raise RunDirError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+    return module.eval()
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best", map_location: str | torch.device = "cpu"
+) -> LoadedRun:
+    """Rebuild model and transform of a run from its checkpoint alone (the config file must exist)."""
+    run_dir = Path(run_dir)
+    _read_run_config(run_dir)
+    path = checkpoint_path(run_dir, checkpoint)
+    module = load_module(path, map_location)
+    return LoadedRun(
+        config=module.config,
+        model=module.model.eval(),
+        transform=module.transform.eval(),
+        unpad=module.transform.unpad,
+        band_stats=dict(module.hparams["band_stats"]),
+        run_dir=run_dir,
+        checkpoint=path,
+    )

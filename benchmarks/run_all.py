@@ -19,15 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_data import BENCHMARKS as DATA_BENCHMARKS
+from bench_model import BENCHMARKS as MODEL_BENCHMARKS
 
-BENCHMARKS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {**DATA_BENCHMARKS}
-
-try:  # later stages register their benchmarks in their own modules
-    from bench_model import BENCHMARKS as MODEL_BENCHMARKS
-
-    BENCHMARKS.update(MODEL_BENCHMARKS)
-except ImportError:  # pragma: no cover
-    pass
+BENCHMARKS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {**DATA_BENCHMARKS, **MODEL_BENCHMARKS}
 
 
 def main() -> None:

@@ -119,6 +119,10 @@ class DataLayout:
         return self.aoi_dir / "aoi_groups.json"
 
     @property
+    def aoi_report(self) -> Path:
+        return self.aoi_dir / "aoi_report.json"
+
+    @property
     def eda_dir(self) -> Path:
         return self.processed / "eda"
 

@@ -162,6 +162,13 @@ def test_featureless_tiles_do_not_join_real_groups() -> None:
     assert len(set(ids[len(dems) :])) == len(blank)
 
 
+def test_zero_or_one_tile() -> None:
+    assert aoi.group_dems([]).tolist() == []
+    dems, _ = fixture_dems(seed=8, n_aoi=1, max_dates=1)
+    assert aoi.group_dems(dems[:1]).tolist() == [0]
+    assert aoi.group_dems([*dems[:1], featureless_dems()[0]]).tolist() == [0, 1]
+
+
 def test_ids_are_deterministic_and_numbered_by_first_member() -> None:
     dems, _ = fixture_dems(seed=6, n_aoi=8)
     first = aoi.group_dems(dems)
@@ -224,7 +231,7 @@ def test_group_aois_writes_table_json_and_report(grouped) -> None:
     by_id = table.groupby("aoi_id")["tile_id"].apply(list).tolist()
     assert groups["groups"] == by_id
 
-    report = json.loads(aoi.aoi_report_path(layout).read_text())
+    report = json.loads(layout.aoi_report.read_text())
     assert report["n_tiles"] == len(truth) and report["n_groups"] == len(groups["groups"])
     assert sum(int(k) * v for k, v in report["group_size_histogram"].items()) == len(truth)
     assert report["n_unusable"] == 2

@@ -45,6 +45,8 @@ COMPOSITE_TITLES = {
 NODATA_COLOR = "magenta"
 MASK_COLOR = (0.0, 0.95, 1.0)
 MASK_ALPHA = 0.7
+#: zlib level of the PNGs: 1 writes ~3x faster than the default 6 for ~20% bigger files.
+PNG_COMPRESS_LEVEL = 1
 
 
 # ---- scaling and composites -------------------------------------------------------------------
@@ -139,7 +141,7 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return Path(path)
 
 
@@ -153,6 +155,12 @@ def plot_path(layout: DataLayout, tile_id: str) -> Path:
 
 # ---- panel figure -----------------------------------------------------------------------------
 def _ndvi(tile: np.ndarray) -> np.ndarray:
+    """NDVI of the raw digital numbers, as the competition files hold them.
+
+    Landsat level-2 numbers carry an offset (zero reflectance is about 7,273), so values sit
+    closer to 0 than reflectance-based NDVI would; the panel keeps the fixed [-1, 1] range so
+    that tiles can be compared.
+    """
     from kelpseg.features.indices import compute_index
 
     return np.asarray(compute_index("NDVI", tile, band_positions(BANDS)), dtype=np.float32)
@@ -164,6 +172,12 @@ def _percentile_range(values: np.ndarray, lo: float = 2.0, hi: float = 98.0) -> 
         return 0.0, 1.0
     vmin, vmax = (float(v) for v in np.percentile(values[ok], [lo, hi]))
     return (vmin, vmax) if vmax > vmin else (vmin, vmin + 1.0)
+
+
+def _colorbar(fig: Any, image: Any, ax: Any) -> None:
+    cax = ax.inset_axes((1.03, 0.0, 0.05, 1.0))
+    fig.colorbar(image, cax=cax)
+    cax.tick_params(labelsize=7)
 
 
 def panel_figure(
@@ -178,8 +192,11 @@ def panel_figure(
 
     composites = composites or tile_composites(tile)
     n_panels = 6 + (mask is not None)
-    fig = Figure(figsize=(20 * n_panels / 7, 3.4), layout="constrained")
-    axes = fig.subplots(1, n_panels)
+    # a fixed grid (no constrained layout, which draws the figure twice): ~4x faster to save
+    fig = Figure(figsize=(20 * n_panels / 7, 3.4))
+    axes = fig.subplots(
+        1, n_panels, gridspec_kw={"left": 0.005, "right": 0.985, "bottom": 0.03, "top": 0.84, "wspace": 0.35}
+    )
     for ax, name in zip(axes, COMPOSITE_TITLES, strict=False):
         ax.imshow(composites[name])
         ax.set_title(COMPOSITE_TITLES[name], fontsize=9)
@@ -188,14 +205,14 @@ def panel_figure(
     cmap = colormaps["RdYlGn"].with_extremes(bad="black")
     im = axes[3].imshow(ndvi, cmap=cmap, vmin=-1, vmax=1)
     axes[3].set_title("NDVI", fontsize=9)
-    fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.02)
+    _colorbar(fig, im, axes[3])
 
     dem = tile[BANDS.index("DEM")]
     vmin, vmax = _percentile_range(dem)
     cmap = colormaps["viridis"].with_extremes(bad=NODATA_COLOR)
     im = axes[4].imshow(np.ma.masked_invalid(dem), cmap=cmap, vmin=vmin, vmax=vmax)
     axes[4].set_title(f"DEM (nodata: {NODATA_COLOR})", fontsize=9)
-    fig.colorbar(im, ax=axes[4], fraction=0.046, pad=0.02)
+    _colorbar(fig, im, axes[4])
 
     qa = tile[BANDS.index("QA")]
     cmap = colormaps["gray"].with_extremes(bad=NODATA_COLOR)
@@ -237,7 +254,9 @@ def plot_tile(job: _PlotJob) -> Path:
     for name, img in images.items():
         write_png(composite_path(layout, job.tile_id, name), to_uint8(img))
     fig = panel_figure(tile, mask, title=f"{job.tile_id} ({job.split})", composites=images)
-    return save_figure(plot_path(layout, job.tile_id), fig, dpi=job.dpi)
+    return save_figure(
+        plot_path(layout, job.tile_id), fig, dpi=job.dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
+    )
 
 
 def select_tiles(
@@ -254,7 +273,8 @@ def select_tiles(
     rows = catalog
     if tile_ids is not None:
         wanted = list(dict.fromkeys(tile_ids))
-        unknown = [t for t in wanted if t not in set(catalog["tile_id"])]
+        known = set(catalog["tile_id"])
+        unknown = [t for t in wanted if t not in known]
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise KelpsegError(f"unknown tile id(s) {shown}: not listed in {source}")

@@ -1,20 +1,15 @@
-"""Map a function over items in worker processes with a progress bar, keeping input order."""
+"""Map a function over items in worker processes or threads with a progress bar, in order."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def pmap(
@@ -24,8 +19,13 @@ def pmap(
     progress: bool = True,
     desc: str = "",
     chunksize: int = 8,
+    threads: bool = False,
 ) -> list[R]:
-    """``[func(x) for x in items]``, in ``workers`` processes when > 1, with a tqdm bar."""
+    """``[func(x) for x in items]`` with a tqdm bar.
+
+    With ``workers > 1`` the work runs in that many processes, or threads when ``threads`` is
+    true — right for closures and for I/O-bound work where rasterio and numpy release the GIL.
+    """
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="tile", leave=False)
     try:
@@ -35,9 +35,14 @@ def pmap(
                 out.append(func(item))
                 bar.update()
             return out
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool: Executor
+        if threads:
+            pool, kwargs = ThreadPoolExecutor(max_workers=workers), {}
+        else:
+            pool, kwargs = ProcessPoolExecutor(max_workers=workers), {"chunksize": chunksize}
+        with pool:
             out = []
-            for result in pool.map(func, items, chunksize=chunksize):
+            for result in pool.map(func, items, **kwargs):
                 out.append(result)
                 bar.update()
             return out

@@ -15,26 +15,22 @@ tiles that matter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import rasterio
 from rasterio.errors import RasterioIOError
-from tqdm.auto import tqdm
 
 from kelpseg.errors import KelpsegError, TileError
 from kelpseg.evaluate.metrics import ConfusionCounts, scores_from_counts
 from kelpseg.io.atomic import write_json, write_text
 from kelpseg.io.tiles import read_mask
 from kelpseg.layout import MASK_SUFFIX, tile_id_from_path
-
-T = TypeVar("T")
-R = TypeVar("R")
+from kelpseg.parallel import pmap
 
 #: How many ids an error message lists before it only gives the count.
 MAX_LISTED_IDS = 10
@@ -122,28 +118,6 @@ def prediction_to_labels(pred: np.ndarray, threshold: float) -> np.ndarray:
     if np.issubdtype(pred.dtype, np.floating):
         return binarize(pred, threshold)
     return pred.astype(bool, copy=False)
-
-
-def parallel_map(
-    func: Callable[[T], R], items: Sequence[T], workers: int, progress: bool, desc: str
-) -> list[R]:
-    """``[func(x) for x in items]`` in a thread pool (rasterio and numpy release the GIL), in order."""
-    bar = tqdm(total=len(items), desc=desc, unit="tile", disable=not progress, leave=False)
-    try:
-        if workers <= 1:
-            out = []
-            for item in items:
-                out.append(func(item))
-                bar.update()
-            return out
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            out = []
-            for result in pool.map(func, items):
-                out.append(result)
-                bar.update()
-            return out
-    finally:
-        bar.close()
 
 
 # ---- the report --------------------------------------------------------------------------
@@ -284,7 +258,7 @@ def evaluate_folders(
     check_same_ids(truth, preds, str(preds_dir), "prediction files")
     ids = sorted(truth)
     pairs = [(truth[t], preds[t]) for t in ids]
-    counts = parallel_map(lambda p: _tile_counts(p, threshold), pairs, workers, progress, "evaluate")
+    counts = pmap(lambda p: _tile_counts(p, threshold), pairs, workers, progress, "evaluate", threads=True)
     return report_from_counts(ids, counts, threshold, gt_dir, preds_dir)
 
 

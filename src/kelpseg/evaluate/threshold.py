@@ -30,12 +30,12 @@ import pandas as pd
 from kelpseg.errors import KelpsegError
 from kelpseg.evaluate.evaluate import (
     check_same_ids,
-    parallel_map,
     prediction_files,
     read_prediction,
 )
 from kelpseg.evaluate.metrics import scores_from_counts
 from kelpseg.io.tiles import read_mask
+from kelpseg.parallel import pmap
 
 #: 0.30, 0.31, …, 0.70 (rounded so that the values are the decimals they print as).
 DEFAULT_GRID: np.ndarray = np.round(np.arange(0.30, 0.71, 0.01), 6)
@@ -173,6 +173,6 @@ def search_threshold_folders(
         return acc
 
     total = ThresholdAccumulator(grid_arr)
-    for acc in parallel_map(tile, sorted(truth), workers, progress, "threshold"):
+    for acc in pmap(tile, sorted(truth), workers, progress, "threshold", threads=True):
         total += acc
     return total.result()

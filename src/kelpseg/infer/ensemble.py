@@ -36,7 +36,6 @@ from kelpseg.errors import KelpsegError, TileError
 from kelpseg.evaluate.evaluate import (
     binarize,
     format_ids,
-    parallel_map,
     prediction_files,
     prediction_to_labels,
     read_prediction,
@@ -44,6 +43,7 @@ from kelpseg.evaluate.evaluate import (
 from kelpseg.io.atomic import write_json
 from kelpseg.io.tiles import write_mask, write_probability
 from kelpseg.layout import mask_name
+from kelpseg.parallel import pmap
 
 ENSEMBLE_MODES = ("soft", "vote")
 PROBABILITIES_DIRNAME = "probabilities"
@@ -193,7 +193,7 @@ def ensemble_folders(
             write_probability(prob_dir / mask_name(tid), mean, like=like)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    parallel_map(combine, tile_ids, workers, progress, f"ensemble ({mode})")
+    pmap(combine, tile_ids, workers, progress, f"ensemble ({mode})", threads=True)
     result = EnsembleResult(
         output_dir=output_dir,
         tile_ids=tile_ids,

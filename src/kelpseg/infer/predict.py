@@ -37,13 +37,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from kelpseg.bands import BAND_INDEX, N_BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError, TileError
-from kelpseg.evaluate.evaluate import binarize, format_ids, parallel_map
+from kelpseg.evaluate.evaluate import binarize, format_ids
 from kelpseg.evaluate.metrics import ConfusionCounts
 from kelpseg.evaluate.threshold import DEFAULT_GRID, ThresholdAccumulator, ThresholdResult
 from kelpseg.infer.tta import predict_with_tta, resolve_transforms
 from kelpseg.io.atomic import write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
 from kelpseg.layout import IMAGE_SUFFIX, DataLayout, mask_name, tile_id_from_path
+from kelpseg.parallel import pmap
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _check_header(path: Path) -> None:
 
 def validate_inputs(paths: Sequence[Path], workers: int = 4, progress: bool = False) -> None:
     """Read every header (cheap) so that a wrong file fails before the model is loaded."""
-    parallel_map(_check_header, list(paths), workers, progress, "check tiles")
+    pmap(_check_header, list(paths), workers, progress, "check tiles", threads=True)
 
 
 class _TileReader(Dataset[dict[str, Any]]):

@@ -17,7 +17,6 @@ import numpy as np
 from kelpseg.errors import KelpsegError
 from kelpseg.evaluate.evaluate import (
     format_ids,
-    parallel_map,
     prediction_files,
     prediction_to_labels,
     read_prediction,
@@ -26,6 +25,7 @@ from kelpseg.evaluate.metrics import ConfusionCounts
 from kelpseg.io.atomic import save_figure
 from kelpseg.io.tiles import read_mask, read_tile
 from kelpseg.layout import image_name, mask_name
+from kelpseg.parallel import pmap
 from kelpseg.prep.plotting import COMPOSITES, MASK_ALPHA, MASK_COLOR, composite
 
 TRUTH_COLOR = "cyan"
@@ -111,4 +111,4 @@ def write_prediction_previews(
         return save_figure(out_dir / f"{tid}_preview.png", fig, dpi=dpi)
 
     # one at a time: matplotlib is not thread-safe
-    return parallel_map(one, ids, 1, progress, "previews")
+    return pmap(one, ids, 1, progress, "previews")

@@ -15,7 +15,6 @@ import torch
 
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.layout import DataLayout
-from kelpseg.train import run as run_module
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.module import NonFiniteLossError
 from kelpseg.train.run import (
@@ -76,11 +75,6 @@ def tiny_config(layout: DataLayout, out: Path, **overrides: Any) -> TrainConfig:
 def _rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _with_callback(monkeypatch: pytest.MonkeyPatch, callback: pl.Callback) -> None:
-    original = run_module._callbacks
-    monkeypatch.setattr(run_module, "_callbacks", lambda *args: [*original(*args), callback])
 
 
 def test_run_directory_is_complete_and_tracked(
@@ -154,19 +148,15 @@ def test_run_directory_is_complete_and_tracked(
     assert {"config.yaml", "metrics.csv", "summary.json", "previews", "checkpoints"} <= artifacts
 
 
-def test_resume_after_an_interruption_continues_the_run(
-    layout: DataLayout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_after_an_interruption_continues_the_run(layout: DataLayout, tmp_path: Path) -> None:
     class Interrupt(pl.Callback):
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
             if trainer.current_epoch == 1:
                 raise RuntimeError("simulated kill")
 
     config = tiny_config(layout, tmp_path, lr_scheduler="onecycle", preview_n_tiles=0)
-    with monkeypatch.context() as patch:
-        _with_callback(patch, Interrupt())
-        with pytest.raises(RuntimeError, match="simulated kill"):
-            train(config, progress=False)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, progress=False, callbacks=[Interrupt()])
     run_dir = tmp_path / "tiny"
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["epoch"] == 0 and first["global_step"] == STEPS
@@ -188,7 +178,7 @@ def test_resume_after_an_interruption_continues_the_run(
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
-    layout: DataLayout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    layout: DataLayout, tmp_path: Path
 ) -> None:
     class NanLoss(torch.nn.Module):
         def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -199,11 +189,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
             if trainer.current_epoch == 1:
                 module.loss_fn = NanLoss()
 
-    _with_callback(monkeypatch, PoisonLoss())
-    with pytest.raises(
-        NonFiniteLossError, match=f"training loss is nan at global step {STEPS} \\(epoch 1\\)"
-    ):
-        train(tiny_config(layout, tmp_path, preview_n_tiles=0), progress=False)
+    with pytest.raises(NonFiniteLossError, match=rf"training loss is nan at global step {STEPS} \(epoch 1\)"):
+        train(tiny_config(layout, tmp_path, preview_n_tiles=0), progress=False, callbacks=[PoisonLoss()])
     last = torch.load(tmp_path / "tiny" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())

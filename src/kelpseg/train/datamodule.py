@@ -177,7 +177,23 @@ class KelpDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             self.setup("validate")
         assert self.val_dataset is not None
-        return self._loader(self.val_dataset, shuffle=False)
+        sampler = self._unrepeated_sampler(self.val_dataset)
+        return self._loader(self.val_dataset, shuffle=False, sampler=sampler)
+
+    def _unrepeated_sampler(self, dataset: KelpTileDataset) -> Any:
+        """Under DDP, give each process a disjoint share of the validation tiles, none twice.
+
+        Lightning's default (a padded ``DistributedSampler``) repeats tiles to even out the
+        shares, which would count them twice in the global Dice. ``None`` in a single process.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
 
     # ---- helpers -------------------------------------------------------------------------------
     @property

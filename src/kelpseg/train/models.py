@@ -185,7 +185,35 @@ def create_model(config: TrainConfig, in_channels: int | None = None) -> nn.Modu
         ) from exc
     if is_weights_file(config.encoder_weights):
         load_encoder_weights(model, Path(str(config.encoder_weights)))
+    depth = spec.encoder_depth(config.decoder_channels)
+    if depth < 5:  # stages below the decoder stay unused (fixed-size encoders need their own size)
+        size = config.image_size if config.resize_strategy == "resize" else 2**depth * 8
+        freeze_unused_parameters(model, channels, size)
     return model
+
+
+def freeze_unused_parameters(model: nn.Module, in_channels: int, size: int) -> list[str]:
+    """Stop training the parameters that never reach the output; returns their names.
+
+    A shallow decoder (``len(decoder_channels) < 5``) leaves the deepest encoder stages unused,
+    but smp keeps them in the model. Unused trainable parameters make DDP fail ("parameters that
+    were not used in producing the loss"); frozen ones are ignored by DDP and the optimizer. Found
+    with one forward/backward pass on zeros in eval mode (no batch-norm statistics change).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, in_channels, size, size)).sum().backward()
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    params = dict(model.named_parameters())
+    for name in unused:
+        params[name].requires_grad_(False)
+    if unused:
+        log.debug("froze %d unused parameters, e.g. %s", len(unused), unused[0])
+    return unused
 
 
 # ---- local weights ---------------------------------------------------------------------------

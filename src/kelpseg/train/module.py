@@ -20,7 +20,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
 from kelpseg.bands import TILE_SIZE
 from kelpseg.errors import KelpsegError
@@ -154,14 +153,15 @@ class KelpSegmentationModule(pl.LightningModule):
         scores = self.val_metric.compute()
         self.val_metric.reset()
         for name in METRIC_NAMES:
-            self.log(f"val/{name}", scores[name], prog_bar=name == "dice")
+            # Already global (the counts are summed over processes); sync_dist only silences Lightning.
+            self.log(f"val/{name}", scores[name], prog_bar=name == "dice", sync_dist=True)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         trainer = self.trainer
         return configure_optimizers(
             self.config,
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             int(trainer.estimated_stepping_batches),
             trainer.max_epochs or 1,
         )
@@ -174,12 +174,3 @@ class KelpSegmentationModule(pl.LightningModule):
                 f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) at global step "
                 f"{self.global_step}; not saving this checkpoint, the last good one is kept"
             )
-
-
-def module_from_checkpoint(path: str, map_location: str | torch.device = "cpu") -> KelpSegmentationModule:
-    """Load a module checkpoint written by training (config and band stats come from the file)."""
-    return KelpSegmentationModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -29,11 +29,12 @@ import csv
 import logging
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,17 @@ METRICS_COLUMNS = (
     "seconds",
     "train_samples_per_s",
 )
+
+
+#: Set while ``fit`` runs, so that DDP worker processes (which re-run the command) join the same run.
+RUN_DIR_ENV = "KELPSEG_RUN_DIR"
+
+
+def _rank() -> int:
+    """Global rank of this process as the launcher's environment says (0 without DDP)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 class RunDirError(KelpsegError):
@@ -169,8 +181,8 @@ class EpochMetricsCallback(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         batch = args[1] if len(args) > 1 else None
-        if isinstance(batch, dict) and "image" in batch:
-            self._epoch_samples += int(batch["image"].shape[0])
+        if isinstance(batch, dict) and "image" in batch:  # every process trains on as many samples
+            self._epoch_samples += int(batch["image"].shape[0]) * trainer.world_size
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self._train_start:
@@ -255,6 +267,8 @@ def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) 
                 " (set MLFLOW_ALLOW_FILE_STORE=true for a plain file store, or use sqlite:///path/mlflow.db)"
             )
         raise KelpsegError(f"MLflow tracking URI {uri}: cannot start a run: {message}{hint}") from None
+    if _rank() != 0:
+        return logger
     write_json(
         run_dir / MLFLOW_FILE, {"tracking_uri": uri, "experiment": config.experiment, "run_id": new_run_id}
     )
@@ -414,6 +428,7 @@ def _fit(
     progress: bool,
     ckpt_path: Path | None,
     mlflow_run_id: str | None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     from kelpseg.train.datamodule import KelpDataModule
     from kelpseg.train.previews import choose_preview_tiles
@@ -422,13 +437,17 @@ def _fit(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = KelpDataModule(config, layout)  # reads tables and stats, never a tile
     module = KelpSegmentationModule(config, datamodule.band_stats)
-    if ckpt_path is None:  # inputs are fine: only now create the run directory
+    if ckpt_path is None and _rank() == 0:  # inputs are fine: only now create the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_run_files(config, run_dir, datamodule)
     logger = _make_mlflow_logger(config, run_dir, mlflow_run_id) if config.mlflow else None
     preview_ids = choose_preview_tiles(datamodule.val_frame, config.preview_n_tiles)
-    trainer = _make_trainer(config, run_dir, _callbacks(config, run_dir, preview_ids), logger, progress)
+    all_callbacks = [*_callbacks(config, run_dir, preview_ids), *callbacks]
+    trainer = _make_trainer(config, run_dir, all_callbacks, logger, progress)
     status = "failed"
+    # Multi-GPU launchers re-run the user's command for ranks > 0: they find the run here.
+    own_env = RUN_DIR_ENV not in os.environ
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         status = "interrupted" if trainer.interrupted else "finished"
@@ -436,6 +455,8 @@ def _fit(
         status = "interrupted"
         raise
     finally:
+        if own_env:
+            os.environ.pop(RUN_DIR_ENV, None)
         if trainer.is_global_zero:
             summary = _summary(
                 run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
@@ -455,8 +476,20 @@ def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> Non
     write_json(run_dir / SPLIT_FILE, datamodule.split_info())
 
 
-def train(config: TrainConfig, layout: DataLayout | None = None, progress: bool = True) -> Path:
-    """Train one fold as ``config`` says; returns the run directory (see the module docstring)."""
+def train(
+    config: TrainConfig,
+    layout: DataLayout | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
+    """Train one fold as ``config`` says; returns the run directory (see the module docstring).
+
+    ``callbacks`` are extra Lightning callbacks (e.g. a hyper-parameter search reporter).
+    """
+    if _rank() != 0 and os.environ.get(RUN_DIR_ENV):  # a DDP worker started by rank 0's launcher
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        config = config.model_copy(update={"run_name": run_dir.name})
+        return _fit(config, run_dir, layout, progress, None, None, callbacks)
     if config.run_name is None:
         config = config.model_copy(update={"run_name": default_run_name(config)})
     run_dir = Path(config.output_dir) / str(config.run_name)
@@ -465,19 +498,25 @@ def train(config: TrainConfig, layout: DataLayout | None = None, progress: bool 
             f"{run_dir}: run directory already exists; resume it with `kelpseg train --resume {run_dir}` "
             "or choose another run_name"
         )
-    return _fit(config, run_dir, layout, progress, ckpt_path=None, mlflow_run_id=None)
+    return _fit(config, run_dir, layout, progress, None, None, callbacks)
 
 
-def resume(run_dir: str | Path, layout: DataLayout | None = None, progress: bool = True) -> Path:
+def resume(
+    run_dir: str | Path,
+    layout: DataLayout | None = None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
     """Continue a run from ``checkpoints/last.ckpt`` (same config, epoch count, optimizer, scheduler)."""
     run_dir = Path(run_dir)
     config = _read_run_config(run_dir)
     last = run_dir / CHECKPOINT_DIR / "last.ckpt"
     if not last.is_file():
         raise RunDirError(f"{last}: no checkpoint to resume from (the run did not finish one epoch)")
-    done = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1))
-    rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= done]
-    _write_metrics(run_dir / METRICS_FILE, rows)
+    if _rank() == 0:
+        done = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
+        rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= done]
+        _write_metrics(run_dir / METRICS_FILE, rows)
     run_id = None
     if config.mlflow and (run_dir / MLFLOW_FILE).is_file():
         import json
@@ -485,7 +524,7 @@ def resume(run_dir: str | Path, layout: DataLayout | None = None, progress: bool
         run_id = json.loads((run_dir / MLFLOW_FILE).read_text()).get("run_id")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        return _fit(config, run_dir, layout, progress, ckpt_path=last, mlflow_run_id=run_id)
+        return _fit(config, run_dir, layout, progress, last, run_id, callbacks)
 
 
 # ---- loading for inference ----------------------------------------------------------------------
@@ -536,9 +575,15 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> KelpSegmentationModule:
     """A ``KelpSegmentationModule`` from a checkpoint written by training, in eval mode."""
     try:
-        module = KelpSegmentationModule.load_from_checkpoint(
-            str(path), map_location=map_location, weights_only=False
-        )
+        try:
+            module = KelpSegmentationModule.load_from_checkpoint(
+                str(path), map_location=map_location, weights_only=True
+            )
+        except pickle.UnpicklingError:  # an object outside torch's safe list (e.g. an old scheduler)
+            log.info("%s holds non-tensor objects; loading it with full unpickling", path)
+            module = KelpSegmentationModule.load_from_checkpoint(
+                str(path), map_location=map_location, weights_only=False
+            )
     except KelpsegError:
         raise
     except Exception as exc:

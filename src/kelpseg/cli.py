@@ -334,6 +334,54 @@ def train_all_folds_cmd(
     print_table("fold scores", result.rows())
 
 
+@app.command("sweep")
+def sweep_cmd(
+    space: Annotated[Path, typer.Option("--space", help="Sweep space YAML (configs/sweeps/<name>.yaml).")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Base config (default: the space's).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
+    overrides: SetOpt = None,
+    num_samples: Annotated[int | None, typer.Option(help="Trials to sample.")] = None,
+    search: Annotated[str | None, typer.Option(help="'random' or 'grid'.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="'fifo' or 'asha' (early stopping).")] = None,
+    max_concurrent_trials: Annotated[int | None, typer.Option(help="Trials at once.")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial.")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial.")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address (default: embedded).")
+    ] = None,
+    storage_path: Annotated[str | None, typer.Option(help="Shared storage for trials (path or URI).")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name (resume with the same name).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted sweep of this name.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Hyper-parameter sweep on Ray Tune; trials ranked by validation Dice, tracked in MLflow."""
+    from kelpseg.distributed.sweep import print_sweep, run_sweep
+
+    sets = list(overrides or [])
+    if data_dir is not None:
+        sets.insert(0, f"data_dir={data_dir}")
+    result = run_sweep(
+        space,
+        config,
+        num_samples=num_samples,
+        search=search,
+        scheduler=scheduler,
+        max_concurrent_trials=max_concurrent_trials,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        ray_address=ray_address,
+        storage_path=storage_path,
+        name=name,
+        resume=resume,
+        overrides=sets,
+        progress=not quiet,
+    )
+    print_sweep(result)
+    console.print(f"trials and run dirs: {result.sweep_dir}")
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation, prediction, ensembles, submissions
 # --------------------------------------------------------------------------------------------
@@ -593,8 +641,20 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
     console.print(table)
 
 
+def _quiet_libraries() -> None:
+    """Keep the console for kelpseg's own output: library chatter only at warning level."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages."""
+    _quiet_libraries()
     try:
         app()
     except KelpsegError as exc:

@@ -1,0 +1,349 @@
+"""Train every CV fold: one after another in this process, or fanned out as Ray tasks.
+
+``train_folds(config, folds, parallel=...)`` is a deterministic map over fold ids (never random
+sampling, unlike the reference's sweep-based fold training). Fold ``k`` runs ``config`` with
+``fold=k`` under the run name ``<base>-fold<k>``, where ``<base>`` is ``config.run_name`` or
+``<architecture>-<encoder>-<UTC timestamp>``. The run names being fixed, an attempt that dies
+(crash, pre-empted node, Ctrl-C of the worker) is retried up to ``max_retries`` times and the
+retry resumes from the fold's ``checkpoints/last.ckpt`` (see :mod:`kelpseg.distributed.runner`);
+running the same command again with the same ``run_name`` skips the folds that finished and
+resumes the others.
+
+Parallel mode asks Ray for ``cpus_per_fold`` CPUs and ``gpus_per_fold`` GPUs per fold (fractions
+share a GPU), embedded on this machine unless ``ray_address`` / ``$RAY_ADDRESS`` names a cluster.
+Paths in the config are made absolute first; on a cluster they must be on storage every node
+mounts. A fold whose input is wrong (a :class:`KelpsegError`) is not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kelpseg.distributed import tracking
+from kelpseg.distributed.ray_runtime import absolute_config, apply_env, forwarded_env, init_ray
+from kelpseg.distributed.runner import fault_callbacks, read_summary, train_or_resume
+from kelpseg.errors import KelpsegError
+from kelpseg.layout import DataLayout
+from kelpseg.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FOLD_COLUMNS = (
+    "fold",
+    "run_name",
+    "status",
+    "best_val_dice",
+    "epochs",
+    "seconds",
+    "attempts",
+    "resumed",
+    "error",
+    "run_dir",
+)
+
+
+@dataclass
+class FoldOutcome:
+    """One fold's result row."""
+
+    fold: int
+    run_name: str
+    run_dir: str
+    status: str  # finished | skipped (finished earlier) | failed | <summary status>
+    best_val_dice: float | None = None
+    epochs: int | None = None
+    seconds: float | None = None
+    attempts: int = 0
+    resumed: bool = False
+    error: str = ""
+
+
+@dataclass
+class FoldsResult:
+    """Every fold's outcome, in the order asked, and the wall time of the whole fan-out."""
+
+    outcomes: list[FoldOutcome]
+    parallel: bool
+    wall_time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status in ("finished", "skipped") for o in self.outcomes)
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [Path(o.run_dir) for o in self.outcomes]
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(o) for o in self.outcomes], columns=list(FOLD_COLUMNS))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows for a printed table (``None`` shown as empty)."""
+        return [
+            {k: "" if v is None else v for k, v in asdict(o).items() if k in FOLD_COLUMNS}
+            for o in self.outcomes
+        ]
+
+
+def available_folds(config: TrainConfig, layout: DataLayout | None = None) -> list[int]:
+    """Fold numbers of the config's CV split table (its ``split_<k>`` columns)."""
+    from kelpseg.train.datamodule import fold_columns, read_split_table, resolve_split_path
+
+    layout = layout if layout is not None else DataLayout(Path(config.data_dir))
+    table = read_split_table(resolve_split_path(config, layout))
+    return [int(c.removeprefix("split_")) for c in fold_columns(table)]
+
+
+def fold_configs(config: TrainConfig, folds: list[int], now: datetime | None = None) -> list[TrainConfig]:
+    """One config per fold: ``fold=k``, ``run_name=<base>-fold<k>``, absolute paths."""
+    base = config.run_name
+    if not base:
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        base = f"{config.architecture}-{config.encoder.replace('/', '_')}-{stamp}"
+    config = absolute_config(config)
+    return [
+        TrainConfig.from_dict(
+            {**config.to_dict(), "fold": k, "run_name": f"{base}-fold{k}"}, source="fold config"
+        )
+        for k in folds
+    ]
+
+
+def _check_folds(config: TrainConfig, folds: list[int], layout: DataLayout | None) -> None:
+    if not folds:
+        raise KelpsegError("no folds to train")
+    dupes = sorted({f for f in folds if folds.count(f) > 1})
+    if dupes:
+        raise KelpsegError(f"fold(s) listed more than once: {dupes}")
+    known = available_folds(config, layout)
+    missing = [f for f in folds if f not in known]
+    if missing:
+        raise KelpsegError(
+            f"fold(s) {missing} not in the CV split; folds available: {', '.join(map(str, known))}"
+        )
+
+
+def _run_fold(
+    config_dict: dict[str, Any],
+    layout: DataLayout | None,
+    env: dict[str, str],
+    in_worker: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """One attempt at one fold (runs in a Ray worker or in-process)."""
+    if in_worker:
+        apply_env(env)
+    config = TrainConfig.from_dict(config_dict, source="fold config")
+    started = time.perf_counter()
+    outcome = train_or_resume(
+        config,
+        layout=layout,
+        progress=progress,
+        callbacks=fault_callbacks(str(config.run_name), hard=in_worker),
+    )
+    return {
+        "run_dir": str(outcome.run_dir),
+        "action": outcome.action,
+        "summary": outcome.summary,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most telling line of an error (Ray wraps the worker's traceback around the cause)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    name = type(exc).__name__
+    return (f"{name}: {line}" if line and not line.startswith(name) else line or name)[:300]
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    cause = getattr(exc, "cause", None)
+    return isinstance(exc, KelpsegError) or isinstance(cause, KelpsegError)
+
+
+def _fill(outcome: FoldOutcome, result: dict[str, Any]) -> None:
+    summary = result.get("summary") or {}
+    outcome.run_dir = result.get("run_dir", outcome.run_dir)
+    outcome.status = (
+        "skipped" if result.get("action") == "skipped" else str(summary.get("status", "finished"))
+    )
+    outcome.best_val_dice = summary.get("best_val_dice")
+    outcome.epochs = summary.get("epochs_done")
+    outcome.resumed = outcome.resumed or result.get("action") == "resumed"
+
+
+def _fail(outcome: FoldOutcome, exc: BaseException) -> None:
+    outcome.status = "failed"
+    outcome.error = _one_line(exc)
+    summary = read_summary(Path(outcome.run_dir))
+    outcome.best_val_dice = summary.get("best_val_dice")
+    outcome.epochs = summary.get("epochs_done")
+
+
+def train_folds(
+    config: TrainConfig,
+    folds: list[int],
+    *,
+    parallel: bool = False,
+    ray_address: str | None = None,
+    cpus_per_fold: float = 1.0,
+    gpus_per_fold: float = 0.0,
+    max_retries: int = 2,
+    layout: DataLayout | None = None,
+    progress: bool = True,
+) -> FoldsResult:
+    """Train ``folds`` of ``config`` (see the module docstring); returns one row per fold.
+
+    ``progress`` shows Lightning's progress bars in sequential mode (parallel folds run quietly).
+    Nothing is printed here: show the table with ``result.rows()`` or :func:`print_folds`.
+    """
+    if max_retries < 0:
+        raise KelpsegError(f"max_retries must be >= 0, got {max_retries}")
+    folds = [int(f) for f in folds]
+    _check_folds(config, folds, layout)
+    configs = fold_configs(config, folds)
+    if config.mlflow:  # create the store and experiment once, before workers race to do it
+        uri = _tracking_uri(configs[0])
+        tracking.prepare_experiment(
+            uri, config.experiment, tracking.artifact_location(configs[0].output_dir, uri)
+        )
+    outcomes = [
+        FoldOutcome(c.fold, str(c.run_name), str(Path(c.output_dir) / str(c.run_name)), "pending")
+        for c in configs
+    ]
+    started = time.perf_counter()
+    if parallel:
+        _train_parallel(configs, outcomes, ray_address, cpus_per_fold, gpus_per_fold, max_retries, layout)
+    else:
+        _train_sequential(configs, outcomes, max_retries, layout, progress)
+    return FoldsResult(outcomes, parallel, round(time.perf_counter() - started, 2))
+
+
+def _tracking_uri(config: TrainConfig) -> str:
+    from kelpseg.train.run import resolve_tracking_uri
+
+    return resolve_tracking_uri(config)
+
+
+def _train_sequential(
+    configs: list[TrainConfig],
+    outcomes: list[FoldOutcome],
+    max_retries: int,
+    layout: DataLayout | None,
+    progress: bool,
+) -> None:
+    for config, outcome in zip(configs, outcomes, strict=True):
+        seconds = 0.0
+        while True:
+            outcome.attempts += 1
+            t0 = time.perf_counter()
+            try:
+                result = _run_fold(config.to_dict(), layout, {}, in_worker=False, progress=progress)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                seconds += time.perf_counter() - t0
+                if _is_user_error(exc) or outcome.attempts > max_retries:
+                    _fail(outcome, exc)
+                    break
+                log.warning(
+                    "fold %d attempt %d failed (%s); retrying", config.fold, outcome.attempts, _one_line(exc)
+                )
+                continue
+            seconds += result["seconds"]
+            _fill(outcome, result)
+            break
+        outcome.seconds = round(seconds, 2)
+
+
+def _train_parallel(
+    configs: list[TrainConfig],
+    outcomes: list[FoldOutcome],
+    ray_address: str | None,
+    cpus_per_fold: float,
+    gpus_per_fold: float,
+    max_retries: int,
+    layout: DataLayout | None,
+) -> None:
+    if gpus_per_fold > 1:
+        raise KelpsegError(
+            f"gpus_per_fold={gpus_per_fold}: a fold task trains on at most one GPU; to train one model on "
+            "several GPUs run the folds sequentially with devices=N"
+        )
+    for config in configs:
+        if config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1):
+            raise KelpsegError(
+                "parallel folds train on one device each; set devices=1 (or auto) and num_nodes=1"
+            )
+    init_ray(ray_address)
+    import ray
+
+    task = ray.remote(_run_fold).options(
+        num_cpus=cpus_per_fold, num_gpus=gpus_per_fold, max_retries=0, retry_exceptions=False
+    )
+    env = forwarded_env()
+    pending: dict[Any, tuple[int, float]] = {}
+
+    def submit(i: int) -> None:
+        outcomes[i].attempts += 1
+        ref = task.remote(configs[i].to_dict(), layout, env, True, False)
+        pending[ref] = (i, time.perf_counter())
+
+    for i in range(len(configs)):
+        submit(i)
+    seconds = [0.0] * len(configs)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        ref = done[0]
+        i, t0 = pending.pop(ref)
+        seconds[i] += time.perf_counter() - t0
+        outcome = outcomes[i]
+        try:
+            result = ray.get(ref)
+        except Exception as exc:  # RayTaskError (the fold raised) or a dead worker / node
+            if _is_user_error(exc) or outcome.attempts > max_retries:
+                _fail(outcome, exc)
+                outcome.seconds = round(seconds[i], 2)
+            else:
+                log.warning(
+                    "fold %d attempt %d failed (%s); retrying", outcome.fold, outcome.attempts, _one_line(exc)
+                )
+                submit(i)
+            continue
+        _fill(outcome, result)
+        outcome.seconds = round(seconds[i], 2)
+
+
+def print_folds(result: FoldsResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    mode = "parallel" if result.parallel else "sequential"
+    table = Table(title=f"fold scores ({mode}, {result.wall_time_s:.1f} s)")
+    for column in ("fold", "status", "best val/dice", "epochs", "seconds", "attempts", "run_dir"):
+        table.add_column(column)
+    for o in result.outcomes:
+        dice = "" if o.best_val_dice is None else f"{o.best_val_dice:.4f}"
+        status = o.status + (f" ({o.error})" if o.error else "")
+        table.add_row(
+            str(o.fold),
+            status,
+            dice,
+            str(o.epochs or ""),
+            f"{o.seconds or 0:.1f}",
+            str(o.attempts),
+            o.run_dir,
+        )
+    Console().print(table)

@@ -52,3 +52,20 @@ def write_dataset(root: Path, train_ids: list[str], test_ids: list[str], seed: i
     )
     write_metadata(layout.metadata_csv, meta)
     return layout
+
+
+def prepared_synthetic(root: Path, n_train: int, n_test: int, n_folds: int, seed: int) -> DataLayout:
+    """Generate a tiny synthetic dataset and run the preparation stages (2-index band stats)."""
+    from kelpseg.prep.aoi import group_aois
+    from kelpseg.prep.band_stats import compute_band_stats
+    from kelpseg.prep.eda import run_eda
+    from kelpseg.prep.split import make_cv_split
+    from kelpseg.synthetic import generate_dataset
+
+    generate_dataset(root, n_train, n_test, seed=seed, workers=2, progress=False)
+    layout = DataLayout(root)
+    group_aois(layout, workers=2, progress=False)
+    run_eda(layout, workers=2, progress=False)
+    compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=2, progress=False)
+    make_cv_split(layout, n_splits=n_folds)
+    return layout

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from builders import prepared_synthetic
 from kelpseg.distributed.folds import available_folds, train_folds
 from kelpseg.distributed.runner import CRASH_EPOCH_ENV, CRASH_MARKER_ENV
 from kelpseg.distributed.sweep import run_sweep
@@ -32,20 +33,8 @@ SMOKE_SPACE = Path(__file__).parents[2] / "configs" / "sweeps" / "cpu-smoke.yaml
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
-    from kelpseg.prep.aoi import group_aois
-    from kelpseg.prep.band_stats import compute_band_stats
-    from kelpseg.prep.eda import run_eda
-    from kelpseg.prep.split import make_cv_split
-    from kelpseg.synthetic import generate_dataset
-
     root = tmp_path_factory.mktemp("distributed") / "data"
-    generate_dataset(root, N_TRAIN, N_TEST, seed=5, workers=2, progress=False)
-    layout = DataLayout(root)
-    group_aois(layout, workers=2, progress=False)
-    run_eda(layout, workers=2, progress=False)
-    compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=2, progress=False)
-    make_cv_split(layout, n_splits=N_FOLDS)
-    return layout
+    return prepared_synthetic(root, N_TRAIN, N_TEST, N_FOLDS, seed=5)
 
 
 @pytest.fixture(scope="module")

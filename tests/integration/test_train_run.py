@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from builders import prepared_synthetic
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.layout import DataLayout
 from kelpseg.train.config import TrainConfig
@@ -33,20 +34,8 @@ STEPS = 2  # training batches per epoch
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
-    from kelpseg.prep.aoi import group_aois
-    from kelpseg.prep.band_stats import compute_band_stats
-    from kelpseg.prep.eda import run_eda
-    from kelpseg.prep.split import make_cv_split
-    from kelpseg.synthetic import generate_dataset
-
     root = tmp_path_factory.mktemp("train_run") / "data"
-    generate_dataset(root, N_TRAIN, N_TEST, seed=3, workers=2, progress=False)
-    layout = DataLayout(root)
-    group_aois(layout, workers=2, progress=False)
-    run_eda(layout, workers=2, progress=False)
-    compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=2, progress=False)
-    make_cv_split(layout, n_splits=N_FOLDS)
-    return layout
+    return prepared_synthetic(root, N_TRAIN, N_TEST, N_FOLDS, seed=3)
 
 
 def tiny_config(layout: DataLayout, out: Path, **overrides: Any) -> TrainConfig:

@@ -69,3 +69,28 @@ def prepared_synthetic(root: Path, n_train: int, n_test: int, n_folds: int, seed
     compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=2, progress=False)
     make_cv_split(layout, n_splits=n_folds)
     return layout
+
+
+def tiny_train_config(layout: DataLayout, out: Path, steps: int, **overrides: object):
+    """A training config that runs in seconds on CPU: 3-stage ResNet-18 UNet, 64 px crops."""
+    from kelpseg.train.config import TrainConfig
+
+    options: dict[str, object] = {
+        "data_dir": str(layout.root),
+        "output_dir": str(out),
+        "encoder": "resnet18",
+        "decoder_channels": [16, 8, 4],
+        "spectral_indices": ["DEMWM", "NDVI"],
+        "train_crop_size": 64,
+        "batch_size": 2,
+        "samples_per_epoch": 2 * steps,
+        "num_workers": 0,
+        "epochs": 2,
+        "limit_val_batches": 2,
+        "preview_n_tiles": 0,
+        "accelerator": "cpu",
+        "devices": 1,
+        "mlflow": False,
+    }
+    options.update(overrides)
+    return TrainConfig(**options)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import prepared_synthetic
+from builders import prepared_synthetic, tiny_train_config
 from kelpseg.distributed.folds import available_folds, train_folds
 from kelpseg.distributed.runner import CRASH_EPOCH_ENV, CRASH_MARKER_ENV
 from kelpseg.distributed.sweep import run_sweep
@@ -48,25 +48,7 @@ def ray_session() -> Iterator[None]:
 
 
 def tiny_config(layout: DataLayout, out: Path, **overrides: Any) -> TrainConfig:
-    options: dict[str, Any] = {
-        "data_dir": str(layout.root),
-        "output_dir": str(out),
-        "encoder": "resnet18",
-        "decoder_channels": [16, 8, 4],
-        "spectral_indices": ["DEMWM", "NDVI"],
-        "train_crop_size": 64,
-        "batch_size": 2,
-        "samples_per_epoch": 2 * STEPS,
-        "num_workers": 0,
-        "epochs": 2,
-        "limit_val_batches": 2,
-        "preview_n_tiles": 0,
-        "accelerator": "cpu",
-        "devices": 1,
-        "mlflow": False,
-    }
-    options.update(overrides)
-    return TrainConfig(**options)
+    return tiny_train_config(layout, out, STEPS, **overrides)
 
 
 def _epochs(run_dir: Path) -> list[int]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import prepared_synthetic
+from builders import prepared_synthetic, tiny_train_config
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.layout import DataLayout
 from kelpseg.train.config import TrainConfig
@@ -39,26 +39,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> DataLayout:
 
 
 def tiny_config(layout: DataLayout, out: Path, **overrides: Any) -> TrainConfig:
-    options: dict[str, Any] = {
-        "data_dir": str(layout.root),
-        "output_dir": str(out),
-        "encoder": "resnet18",
-        "decoder_channels": [16, 8, 4],
-        "spectral_indices": ["DEMWM", "NDVI"],
-        "train_crop_size": 64,
-        "batch_size": 2,
-        "samples_per_epoch": 2 * STEPS,
-        "num_workers": 0,
-        "epochs": 2,
-        "limit_val_batches": 2,
-        "preview_n_tiles": 2,
-        "accelerator": "cpu",
-        "devices": 1,
-        "mlflow": False,
-        "run_name": "tiny",
-    }
-    options.update(overrides)
-    return TrainConfig(**options)
+    return tiny_train_config(layout, out, STEPS, **{"preview_n_tiles": 2, "run_name": "tiny", **overrides})
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:

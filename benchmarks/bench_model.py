@@ -110,7 +110,7 @@ def bench_train(data_dir: Path, args: argparse.Namespace) -> dict:
 
 def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     """Inference tiles/s including reading and writing files: fp32 vs bf16, with and without TTA."""
-    from kelpseg.infer.predict import predict_folder
+    from kelpseg.infer.predict import InferenceOptions, predict_folder
 
     layout = _prepared(data_dir, args)
     runs = {
@@ -136,7 +136,12 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
                 n = 8 if name == "effnet_b5" and tta else 16 if name == "effnet_b5" else len(tiles)
                 dest = layout.root / "bench-preds"
                 start = time.perf_counter()
-                predict_folder(run_dir, tiles[:n], dest, bf16=bf16, tta=tta, batch_size=4, progress=False)
+                predict_folder(
+                    run_dir,
+                    tiles[:n],
+                    dest,
+                    options=InferenceOptions(bf16=bf16, tta=tta, batch_size=4, progress=False),
+                )
                 key = f"{name}_{'bf16' if bf16 else 'fp32'}_{'tta8' if tta else 'notta'}_tiles_per_s"
                 out[key] = round(n / (time.perf_counter() - start), 2)
                 shutil.rmtree(dest, ignore_errors=True)

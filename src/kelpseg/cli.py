@@ -6,9 +6,12 @@ errors (:class:`kelpseg.errors.KelpsegError`) are printed on one line without a 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +19,9 @@ from rich.table import Table
 
 from kelpseg.errors import KelpsegError
 from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout
+
+if TYPE_CHECKING:
+    from kelpseg.infer.predict import InferenceOptions
 
 app = typer.Typer(
     name="kelpseg",
@@ -397,20 +403,58 @@ Threshold = Annotated[
 ]
 
 
-def _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet):
-    from kelpseg.infer.workflows import PredictOptions
+_INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
+    ("checkpoint", Checkpoint, "best"),
+    ("tta", Tta, False),
+    ("tta_merge", TtaMerge, "mean"),
+    ("bf16", Bf16, False),
+    ("land_mask", LandMask, False),
+    ("batch_size", BatchSize, 8),
+)
 
-    return PredictOptions(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, not quiet)
+
+def inference_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared inference options, delivered as one ``options`` argument.
+
+    The command declares ``options: InferenceOptions`` (plus ``workers`` and ``quiet``); the
+    command line gets ``--checkpoint --tta --tta-merge --bf16 --land-mask --batch-size`` and
+    the wrapper builds the :class:`~kelpseg.infer.predict.InferenceOptions` from them, so the
+    option list is written once for ``eval``, ``predict``, ``predict-and-submit`` and ``cv-predict``.
+    """
+    signature = inspect.signature(func)  # ``options`` names a type imported only for checking
+    kept = [
+        p.replace(annotation=eval(p.annotation, func.__globals__)) if isinstance(p.annotation, str) else p
+        for p in signature.parameters.values()
+        if p.name != "options"
+    ]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in _INFERENCE_PARAMS
+    ]
+    tail = [p for p in kept if p.name in ("workers", "quiet")]
+    head = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept if p not in tail]
+    tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in tail]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        from kelpseg.infer.predict import InferenceOptions
+
+        picked = {name: kwargs.pop(name) for name, _, _ in _INFERENCE_PARAMS}
+        options = InferenceOptions(**picked, num_workers=kwargs["workers"], progress=not kwargs["quiet"])
+        func(options=options, **kwargs)
+
+    parameters = head + added + tail
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 @app.command("eval")
+@inference_command
 def eval_cmd(
+    options: InferenceOptions,
     run_dir: RunDir,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
-    checkpoint: Checkpoint = "best",
-    tta: Tta = False,
-    bf16: Bf16 = False,
-    land_mask: LandMask = False,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -418,16 +462,7 @@ def eval_cmd(
     from kelpseg.infer.predict import evaluate_run
 
     layout = _layout(data_dir) if data_dir is not None else None
-    res = evaluate_run(
-        run_dir,
-        layout=layout,
-        checkpoint=checkpoint,
-        tta=tta,
-        bf16=bf16,
-        land_mask=land_mask,
-        num_workers=workers,
-        progress=not quiet,
-    )
+    res = evaluate_run(run_dir, layout=layout, options=options)
     at_half = res.dice_at(0.5)
     console.print(
         f"[green]val/dice[/] {res.dice:.4f} at threshold {res.threshold:.2f}"
@@ -456,44 +491,33 @@ def evaluate_cmd(
 
 
 @app.command("predict")
+@inference_command
 def predict_cmd(
+    options: InferenceOptions,
     run_dir: RunDir,
     input_dir: Annotated[Path, typer.Option("--input-dir", "-i", help="Folder of *_satellite.tif tiles.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write <tile>_kelp.tif.")],
-    checkpoint: Checkpoint = "best",
     soft: Annotated[bool, typer.Option(help="Write float32 probabilities instead of 0/1 masks.")] = False,
     threshold: Threshold = None,
-    tta: Tta = False,
-    tta_merge: TtaMerge = "mean",
-    bf16: Bf16 = False,
-    land_mask: LandMask = False,
-    batch_size: BatchSize = 8,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Predict a folder of tiles with a trained run (masks or probability maps)."""
-    from dataclasses import asdict
-
     from kelpseg.infer.predict import predict_folder
 
-    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
-    res = predict_folder(run_dir, input_dir, output_dir, soft=soft, threshold=threshold, **asdict(opts))
+    res = predict_folder(run_dir, input_dir, output_dir, soft=soft, threshold=threshold, options=options)
     what = "probability maps" if soft else f"masks (threshold {res.threshold}, {res.threshold_source})"
     console.print(f"[green]wrote[/] {res.n_tiles} {what} to {output_dir} in {res.seconds:.1f}s")
 
 
 @app.command("predict-and-submit")
+@inference_command
 def predict_and_submit_cmd(
+    options: InferenceOptions,
     run_dir: RunDir,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     name: Annotated[str | None, typer.Option(help="Submission folder name (default: UTC time).")] = None,
-    checkpoint: Checkpoint = "best",
     threshold: Threshold = None,
-    tta: Tta = False,
-    tta_merge: TtaMerge = "mean",
-    bf16: Bf16 = False,
-    land_mask: LandMask = False,
-    batch_size: BatchSize = 8,
     previews: Annotated[int, typer.Option(help="Preview PNGs to write.")] = 10,
     workers: Workers = 2,
     quiet: Quiet = False,
@@ -501,13 +525,14 @@ def predict_and_submit_cmd(
     """One model: predict the test tiles and write a validated submission.tar with previews."""
     from kelpseg.infer.workflows import predict_and_submit
 
-    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
-    res = predict_and_submit(run_dir, _layout(data_dir), name, threshold, opts, previews)
+    res = predict_and_submit(run_dir, _layout(data_dir), name, threshold, options, previews)
     console.print(f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, threshold {res.threshold})")
 
 
 @app.command("cv-predict")
+@inference_command
 def cv_predict_cmd(
+    options: InferenceOptions,
     run_dirs: Annotated[list[Path], typer.Argument(help="Fold run directories.")],
     data_dir: DataDir = DEFAULT_DATA_DIR,
     version: Annotated[str, typer.Option(help="Name of predictions/<version>/fold=<k>/.")] = "cv",
@@ -520,12 +545,6 @@ def cv_predict_cmd(
     mode: Annotated[
         str, typer.Option(help="'soft' (average probabilities) or 'vote' (hard labels).")
     ] = "soft",
-    checkpoint: Checkpoint = "best",
-    tta: Tta = False,
-    tta_merge: TtaMerge = "mean",
-    bf16: Bf16 = False,
-    land_mask: LandMask = False,
-    batch_size: BatchSize = 8,
     previews: Annotated[int, typer.Option(help="Preview PNGs to write.")] = 10,
     workers: Workers = 2,
     quiet: Quiet = False,
@@ -533,7 +552,6 @@ def cv_predict_cmd(
     """Every fold predicts the test tiles; their weighted ensemble becomes a submission."""
     from kelpseg.infer.workflows import cv_predict
 
-    opts = _predict_options(checkpoint, tta, tta_merge, bf16, land_mask, batch_size, workers, quiet)
     res = cv_predict(
         run_dirs,
         _layout(data_dir),
@@ -542,7 +560,7 @@ def cv_predict_cmd(
         _parse_weights(weights),
         threshold,
         mode,
-        opts,
+        options,
         previews=previews,
     )
     console.print(

@@ -94,9 +94,9 @@ def run_pipeline(
     """Run every stage; returns (and writes to ``<data>/run-summary.json``) the summary."""
     from kelpseg.evaluate.baseline import fit_ndvi_baseline, score_ndvi_baseline
     from kelpseg.evaluate.evaluate import evaluate_folders
-    from kelpseg.infer.predict import evaluate_run
+    from kelpseg.infer.predict import InferenceOptions, evaluate_run
     from kelpseg.infer.submission import require_valid_submission
-    from kelpseg.infer.workflows import PredictOptions, cv_predict
+    from kelpseg.infer.workflows import cv_predict
     from kelpseg.io.catalog import load_catalog
     from kelpseg.io.integrity import check_data
     from kelpseg.prep.aoi import aoi_agreement, group_aois
@@ -168,9 +168,10 @@ def run_pipeline(
                     progress=progress,
                 )
             )
+    inference = InferenceOptions(num_workers=w, progress=progress)
     with timer.stage("validation + thresholds"):
         for k, run_dir in zip(folds, run_dirs, strict=True):
-            fitted = evaluate_run(run_dir, layout=layout, num_workers=w, progress=progress)
+            fitted = evaluate_run(run_dir, layout=layout, options=inference)
             val_ids = split.loc[split[f"split_{k}"] == "val", "tile_id"]
             train_ids = split.loc[split[f"split_{k}"] == "train", "tile_id"]
             base_fit = fit_ndvi_baseline(
@@ -210,7 +211,7 @@ def run_pipeline(
             version="run",
             name="run",
             weights="val",
-            options=PredictOptions(num_workers=w, progress=progress),
+            options=inference,
         )
         require_valid_submission(result.tar, layout)
         summary.outputs["submission"] = str(result.tar)

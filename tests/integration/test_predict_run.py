@@ -12,7 +12,7 @@ import rasterio
 
 from kelpseg.bands import FILL_VALUE
 from kelpseg.infer.ensemble import ensemble_folders
-from kelpseg.infer.predict import evaluate_run, predict_folder
+from kelpseg.infer.predict import InferenceOptions, evaluate_run, predict_folder
 from kelpseg.infer.submission import check_submission, write_submission
 from kelpseg.io.metadata import write_metadata
 from kelpseg.io.tiles import read_mask, write_geotiff
@@ -105,23 +105,28 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataLayout, Path
 
 def test_threshold_predict_ensemble_submit(tiny_run: tuple[DataLayout, Path], tmp_path: Path) -> None:
     layout, run_dir = tiny_run
-    result = evaluate_run(run_dir, layout=layout, batch_size=2, num_workers=0, progress=False)
+    result = evaluate_run(
+        run_dir, layout=layout, options=InferenceOptions(batch_size=2, num_workers=0, progress=False)
+    )
     saved = json.loads((run_dir / "threshold.json").read_text())
     assert saved["threshold"] == result.threshold and 0.3 <= result.threshold <= 0.7
     assert saved["n_tiles"] == 2 and len(saved["grid"]) == 41
 
-    hard = predict_folder(run_dir, layout.test_images, tmp_path / "hard", num_workers=0, progress=False)
+    hard = predict_folder(
+        run_dir,
+        layout.test_images,
+        tmp_path / "hard",
+        options=InferenceOptions(num_workers=0, progress=False),
+    )
     assert hard.threshold == result.threshold and hard.threshold_source.endswith("threshold.json")
     soft = predict_folder(
         run_dir,
         layout.test_images,
         tmp_path / "soft",
         soft=True,
-        tta=True,
-        tta_transforms="flips",
-        land_mask=True,
-        num_workers=0,
-        progress=False,
+        options=InferenceOptions(
+            tta=True, tta_transforms="flips", land_mask=True, num_workers=0, progress=False
+        ),
     )
     for tid in TEST:
         assert read_mask(tmp_path / "hard" / f"{tid}_kelp.tif").shape == (S, S)
@@ -142,3 +147,43 @@ def test_threshold_predict_ensemble_submit(tiny_run: tuple[DataLayout, Path], tm
     assert ens.n_tiles == 2
     tar = write_submission(tmp_path / "ens", layout, tmp_path / "submission.tar")
     assert check_submission(tar, layout) == []
+
+
+def test_submission_workflows(tiny_run: tuple[DataLayout, Path], tmp_path: Path) -> None:
+    """predict-and-submit and cv-predict: the archive holds exactly what a direct prediction gives."""
+    from kelpseg.infer.workflows import cv_predict, predict_and_submit
+
+    layout, run_dir = tiny_run
+    opts = InferenceOptions(batch_size=2, num_workers=0, progress=False)
+    single = predict_and_submit(run_dir, layout, name="one", threshold=0.5, options=opts, previews=1)
+    assert single.folder == layout.submissions / "single-model" / "one"
+    assert check_submission(single.tar, layout) == [] and single.n_tiles == len(TEST)
+    assert len(single.previews) == 1 and single.previews[0].is_file()
+    record = json.loads((single.folder / "workflow.json").read_text())
+    assert record["threshold"] == 0.5 and record["threshold_source"] == "argument"
+    assert record["batch_size"] == 2 and record["checkpoint"] == "best" and record["tta"] is False
+    direct = predict_folder(run_dir, layout.test_images, tmp_path / "direct", threshold=0.5, options=opts)
+    for path in direct.paths:
+        assert np.array_equal(read_mask(single.predictions / path.name), read_mask(path))
+
+    # the same model twice, unequal weights: the weighted mean is the model's own probability
+    ens = cv_predict(
+        [run_dir, run_dir],
+        layout,
+        "twice",
+        "two",
+        weights=[1.0, 3.0],
+        threshold=0.5,
+        options=opts,
+        previews=0,
+    )
+    assert check_submission(ens.tar, layout) == [] and ens.weights == [1.0, 3.0]
+    for k in (0, 1):
+        member = layout.predictions / "twice" / f"fold={k}"
+        with rasterio.open(member / f"{TEST[0]}_kelp.tif") as src:
+            assert src.dtypes[0] == "float32"
+    for path in direct.paths:
+        differ = np.mean(read_mask(ens.predictions / path.name) != read_mask(path))
+        assert differ < 1e-4  # float rounding at the threshold only
+    record = json.loads((ens.folder / "workflow.json").read_text())
+    assert record["weights"] == [1.0, 3.0] and record["mode"] == "soft" and len(record["run_dirs"]) == 2

@@ -106,7 +106,11 @@ def test_soft_predictions_match_the_model(tmp_path: Path, patched: Path) -> None
     tiles = write_tiles(tmp_path / "img", ["T2", "T1", "T3"])
     (patched / "threshold.json").write_text("{")  # not needed for probabilities, so not read
     res = predict_folder(
-        patched, tmp_path / "img", tmp_path / "out", soft=True, batch_size=2, num_workers=0, progress=False
+        patched,
+        tmp_path / "img",
+        tmp_path / "out",
+        soft=True,
+        options=InferenceOptions(batch_size=2, num_workers=0, progress=False),
     )
     assert res.tile_ids == ["T1", "T2", "T3"] and res.soft and res.threshold is None
     for tid, tile in tiles.items():
@@ -118,7 +122,12 @@ def test_soft_predictions_match_the_model(tmp_path: Path, patched: Path) -> None
     cfg = json.loads((tmp_path / "out" / "predict_config.json").read_text())
     assert cfg["n_tiles"] == 3 and cfg["soft"] is True and cfg["tta"] is False and cfg["threshold"] is None
     with pytest.raises(KelpsegError, match=r"threshold\.json: unreadable threshold file"):
-        predict_folder(patched, tmp_path / "img", tmp_path / "hard", num_workers=0, progress=False)
+        predict_folder(
+            patched,
+            tmp_path / "img",
+            tmp_path / "hard",
+            options=InferenceOptions(num_workers=0, progress=False),
+        )
 
 
 def test_hard_masks_threshold_and_land_mask(tmp_path: Path, patched: Path) -> None:
@@ -128,9 +137,7 @@ def test_hard_masks_threshold_and_land_mask(tmp_path: Path, patched: Path) -> No
         tmp_path / "img",
         tmp_path / "out",
         threshold=0.6,
-        land_mask=True,
-        num_workers=2,
-        progress=False,
+        options=InferenceOptions(land_mask=True, num_workers=2, progress=False),
     )
     assert res.threshold == 0.6 and res.threshold_source == "argument"
     for tid, tile in tiles.items():
@@ -155,7 +162,9 @@ def test_threshold_resolution(tmp_path: Path) -> None:
 def test_threshold_json_is_used_by_default(tmp_path: Path, patched: Path) -> None:
     tiles = write_tiles(tmp_path / "img", ["A1"])
     (patched / "threshold.json").write_text(json.dumps({"threshold": 0.3}))
-    res = predict_folder(patched, tmp_path / "img", tmp_path / "out", num_workers=0, progress=False)
+    res = predict_folder(
+        patched, tmp_path / "img", tmp_path / "out", options=InferenceOptions(num_workers=0, progress=False)
+    )
     assert res.threshold == 0.3
     mask = read_mask(tmp_path / "out" / "A1_kelp.tif")
     assert np.array_equal(mask.astype(bool), expected_prob(tiles["A1"][NIR]) >= np.float32(0.3))
@@ -182,15 +191,19 @@ def test_bad_inputs_name_the_file(tmp_path: Path, patched: Path) -> None:
     with pytest.raises(
         TileError, match=rf"{bad.name}: expected a satellite tile of 7 band\(s\) x 350 x 350, got 5"
     ):
-        predict_folder(patched, tmp_path / "img", tmp_path / "out", progress=False)
+        predict_folder(patched, tmp_path / "img", tmp_path / "out", options=InferenceOptions(progress=False))
     small = write_geotiff(tmp_path / "x" / "C3_satellite.tif", np.zeros((7, 300, S), np.int16), "int16")
     with pytest.raises(TileError, match="got 7 x 300 x 350"):
-        predict_folder(patched, [small], tmp_path / "out", progress=False)
+        predict_folder(patched, [small], tmp_path / "out", options=InferenceOptions(progress=False))
     with pytest.raises(KelpsegError, match="input folder not found"):
-        predict_folder(patched, tmp_path / "missing", tmp_path / "out", progress=False)
+        predict_folder(
+            patched, tmp_path / "missing", tmp_path / "out", options=InferenceOptions(progress=False)
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(KelpsegError, match=r"no \*_satellite\.tif tiles found"):
-        predict_folder(patched, tmp_path / "empty", tmp_path / "out", progress=False)
+        predict_folder(
+            patched, tmp_path / "empty", tmp_path / "out", options=InferenceOptions(progress=False)
+        )
 
 
 def test_corrupt_tile_found_while_reading_is_one_line(tmp_path: Path) -> None:
@@ -216,7 +229,9 @@ def test_evaluate_run_writes_threshold_json(tmp_path: Path, patched: Path) -> No
         write_mask(layout.mask_path(tid), truth)
         truths.append(truth)
     (patched / "split.json").write_text(json.dumps({"val_tile_ids": ids[:3], "train_tile_ids": ["TR9"]}))
-    result = predict.evaluate_run(patched, layout=layout, batch_size=2, num_workers=0, progress=False)
+    result = predict.evaluate_run(
+        patched, layout=layout, options=InferenceOptions(batch_size=2, num_workers=0, progress=False)
+    )
     probs = [expected_prob(tiles[t][NIR]).astype(np.float32) for t in ids[:3]]
     reference = search_threshold(probs, truths[:3])
     assert result.threshold == reference.threshold
@@ -226,11 +241,18 @@ def test_evaluate_run_writes_threshold_json(tmp_path: Path, patched: Path) -> No
     assert saved["dice_at_0.5"] == pytest.approx(reference.dice_at(0.5), abs=1e-4)
     assert len(saved["grid"]) == 41 and saved["tta"] is False
     # predict_folder now picks this threshold up
-    res = predict_folder(patched, layout.train_images, tmp_path / "out", num_workers=0, progress=False)
+    res = predict_folder(
+        patched,
+        layout.train_images,
+        tmp_path / "out",
+        options=InferenceOptions(num_workers=0, progress=False),
+    )
     assert res.threshold == result.threshold
 
 
 def test_evaluate_run_missing_tiles(tmp_path: Path, patched: Path) -> None:
     (patched / "split.json").write_text(json.dumps({"val_tile_ids": ["NOPE"]}))
     with pytest.raises(KelpsegError, match=r"missing for 1 validation tile\(s\): NOPE"):
-        predict.evaluate_run(patched, layout=DataLayout(tmp_path / "data"), progress=False)
+        predict.evaluate_run(
+            patched, layout=DataLayout(tmp_path / "data"), options=InferenceOptions(progress=False)
+        )

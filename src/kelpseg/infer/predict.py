@@ -128,8 +128,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @dataclass
 class InferenceOptions:
-    """How to run the model: TTA, bf16 autocast, land mask, batching and device."""
+    """How to run a trained run: which checkpoint, TTA, bf16 autocast, land mask, batching, device.
 
+    One object carries these through every prediction path (``kelpseg predict``/``eval``, the
+    submission workflows and the pipeline), so an option added here reaches all of them.
+    """
+
+    checkpoint: str = "best"
     tta: bool = False
     tta_merge: str = "mean"
     tta_transforms: str | Sequence[str] = "d4"
@@ -141,7 +146,9 @@ class InferenceOptions:
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as recorded next to predictions (device and progress left out)."""
         return {
+            "checkpoint": self.checkpoint,
             "tta": self.tta,
             "tta_merge": self.tta_merge if self.tta else None,
             "tta_transforms": list(resolve_transforms(self.tta_transforms)) if self.tta else None,
@@ -297,18 +304,9 @@ def predict_folder(
     run_dir: str | Path,
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path,
-    checkpoint: str = "best",
     soft: bool = False,
     threshold: float | None = None,
-    tta: bool = False,
-    tta_merge: str = "mean",
-    tta_transforms: str | Sequence[str] = "d4",
-    bf16: bool = False,
-    land_mask: bool = False,
-    batch_size: int = 8,
-    num_workers: int = 2,
-    device: str | None = None,
-    progress: bool = True,
+    options: InferenceOptions | None = None,
 ) -> PredictResult:
     """Predict every tile of ``inputs`` (a folder of ``*_satellite.tif`` or a list of paths).
 
@@ -317,33 +315,23 @@ def predict_folder(
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    options = InferenceOptions(
-        tta=tta,
-        tta_merge=tta_merge,
-        tta_transforms=tta_transforms,
-        bf16=bf16,
-        land_mask=land_mask,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        progress=progress,
-    )
+    options = options or InferenceOptions()
     paths = resolve_inputs(inputs)
     validate_inputs(paths, progress=False)
-    run = _load_run(run_dir, checkpoint)
+    run = _load_run(run_dir, options.checkpoint)
     value, source = (None, None) if soft else resolve_threshold(run_dir, run.config, threshold)
     ids = predict_with_run(run, paths, output_dir, soft, value, options)
     seconds = time.perf_counter() - started
     config = {
         "run_dir": str(run_dir),
-        "checkpoint": str(getattr(run, "checkpoint", checkpoint)),
         "inputs": str(inputs) if isinstance(inputs, str | Path) else f"{len(paths)} listed files",
         "n_tiles": len(ids),
         "soft": soft,
         "threshold": value,
         "threshold_source": source,
         **options.to_dict(),
-        "device": str(resolve_device(device)),
+        "checkpoint": str(getattr(run, "checkpoint", options.checkpoint)),
+        "device": str(resolve_device(options.device)),
         "seconds": round(seconds, 2),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -402,16 +390,7 @@ def evaluate_run(
     run_dir: str | Path,
     layout: DataLayout | None = None,
     grid: Iterable[float] = DEFAULT_GRID,
-    checkpoint: str = "best",
-    tta: bool = False,
-    tta_merge: str = "mean",
-    tta_transforms: str | Sequence[str] = "d4",
-    bf16: bool = False,
-    land_mask: bool = False,
-    batch_size: int = 8,
-    num_workers: int = 2,
-    device: str | None = None,
-    progress: bool = True,
+    options: InferenceOptions | None = None,
 ) -> ThresholdResult:
     """Fit the decision threshold of a run on its own validation fold; writes ``threshold.json``.
 
@@ -422,18 +401,8 @@ def evaluate_run(
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    options = InferenceOptions(
-        tta=tta,
-        tta_merge=tta_merge,
-        tta_transforms=tta_transforms,
-        bf16=bf16,
-        land_mask=land_mask,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        progress=progress,
-    )
-    run = _load_run(run_dir, checkpoint)
+    options = options or InferenceOptions()
+    run = _load_run(run_dir, options.checkpoint)
     layout = layout or DataLayout(Path(run.config.data_dir))
     ids = validation_tiles(run_dir, run.config, layout)
     images, masks = _val_paths(ids, layout)
@@ -446,10 +415,10 @@ def evaluate_run(
     result = acc.result()
     payload = result.to_dict()
     payload["dice_at_0.5"] = at_half.scores()["dice"]
+    payload["n_tiles"] = len(ids)
+    payload.update(options.to_dict())
     payload.update(
-        checkpoint=str(getattr(run, "checkpoint", checkpoint)),
-        n_tiles=len(ids),
-        **options.to_dict(),
+        checkpoint=str(getattr(run, "checkpoint", options.checkpoint)),
         seconds=round(time.perf_counter() - started, 2),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kelpseg.errors import KelpsegError
 from kelpseg.infer.ensemble import ensemble_folders, weights_from_scores
-from kelpseg.infer.predict import predict_folder
+from kelpseg.infer.predict import InferenceOptions, predict_folder
 from kelpseg.infer.previews import write_prediction_previews
 from kelpseg.infer.submission import write_submission
 from kelpseg.io.atomic import write_json
@@ -31,20 +31,6 @@ from kelpseg.layout import DataLayout
 
 THRESHOLD_FILE = "threshold.json"
 SUMMARY_FILE = "summary.json"
-
-
-@dataclass
-class PredictOptions:
-    """Options shared by every model of a workflow (see :func:`predict_folder`)."""
-
-    checkpoint: str = "best"
-    tta: bool = False
-    tta_merge: str = "mean"
-    bf16: bool = False
-    land_mask: bool = False
-    batch_size: int = 8
-    num_workers: int = 2
-    progress: bool = True
 
 
 @dataclass
@@ -109,22 +95,22 @@ def predict_and_submit(
     layout: DataLayout,
     name: str | None = None,
     threshold: float | None = None,
-    options: PredictOptions | None = None,
+    options: InferenceOptions | None = None,
     previews: int = 10,
 ) -> SubmissionResult:
     """One model → ``submissions/single-model/<name>/`` with a validated ``submission.tar``."""
-    options = options or PredictOptions()
+    options = options or InferenceOptions()
     folder = _folder(layout, "single-model", name)
     preds = folder / "predictions"
     result = predict_folder(
-        run_dir, layout.test_images, preds, soft=False, threshold=threshold, **asdict(options)
+        run_dir, layout.test_images, preds, soft=False, threshold=threshold, options=options
     )
     record = {
         "workflow": "predict-and-submit",
         "run_dir": str(run_dir),
         "threshold": result.threshold,
         "threshold_source": result.threshold_source,
-        **asdict(options),
+        **options.to_dict(),
     }
     return _finish(
         layout,
@@ -175,7 +161,7 @@ def cv_predict(
     weights: Sequence[float] | str | None = None,
     threshold: float | None = None,
     mode: str = "soft",
-    options: PredictOptions | None = None,
+    options: InferenceOptions | None = None,
     input_dir: Path | None = None,
     previews: int = 10,
 ) -> SubmissionResult:
@@ -184,13 +170,13 @@ def cv_predict(
     ``submissions/avg/<name>/`` with a validated ``submission.tar``."""
     if not run_dirs:
         raise KelpsegError("cv-predict needs at least one run dir")
-    options = options or PredictOptions()
+    options = options or InferenceOptions()
     input_dir = input_dir or layout.test_images
     w, t, t_source = resolve_ensemble(run_dirs, weights, threshold)
     member_dirs = []
     for k, run_dir in enumerate(run_dirs):
         out = layout.predictions / version / f"fold={k}"
-        predict_folder(run_dir, input_dir, out, soft=(mode == "soft"), **asdict(options))
+        predict_folder(run_dir, input_dir, out, soft=(mode == "soft"), options=options)
         member_dirs.append(out)
     folder = _folder(layout, "avg", name)
     preds = folder / "predictions"
@@ -205,6 +191,6 @@ def cv_predict(
         "threshold": t,
         "threshold_source": t_source,
         "mode": mode,
-        **asdict(options),
+        **options.to_dict(),
     }
     return _finish(layout, folder, preds, input_dir, t, w, previews, record, options.progress)

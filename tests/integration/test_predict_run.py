@@ -110,7 +110,7 @@ def test_threshold_predict_ensemble_submit(tiny_run: tuple[DataLayout, Path], tm
     )
     saved = json.loads((run_dir / "threshold.json").read_text())
     assert saved["threshold"] == result.threshold and 0.3 <= result.threshold <= 0.7
-    assert saved["n_tiles"] == 2 and len(saved["grid"]) == 41
+    assert saved["n_tiles"] == 2 and len(saved["grid"]) == 91
 
     hard = predict_folder(
         run_dir,

@@ -239,7 +239,8 @@ def test_evaluate_run_writes_threshold_json(tmp_path: Path, patched: Path) -> No
     saved = json.loads((patched / "threshold.json").read_text())
     assert saved["threshold"] == result.threshold and saved["n_tiles"] == 3
     assert saved["dice_at_0.5"] == pytest.approx(reference.dice_at(0.5), abs=1e-4)
-    assert len(saved["grid"]) == 41 and saved["tta"] is False
+    assert len(saved["grid"]) == 91 and saved["tta"] is False
+    assert saved["threshold_on_grid_edge"] is False
     # predict_folder now picks this threshold up
     res = predict_folder(
         patched,
@@ -256,3 +257,18 @@ def test_evaluate_run_missing_tiles(tmp_path: Path, patched: Path) -> None:
         predict.evaluate_run(
             patched, layout=DataLayout(tmp_path / "data"), options=InferenceOptions(progress=False)
         )
+
+
+def test_evaluate_run_flags_a_threshold_on_the_grid_edge(
+    tmp_path: Path, patched: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = DataLayout(tmp_path / "data")
+    tiles = write_tiles(layout.train_images, ["V1"])
+    write_mask(layout.mask_path("V1"), (tiles["V1"][NIR] > 8300).astype(np.uint8))
+    (patched / "split.json").write_text(json.dumps({"val_tile_ids": ["V1"]}))
+    opts = InferenceOptions(num_workers=0, progress=False)
+    with caplog.at_level("WARNING", logger="kelpseg"):
+        result = predict.evaluate_run(patched, layout=layout, grid=[0.1, 0.2, 0.3], options=opts)
+    assert result.threshold == 0.3
+    assert json.loads((patched / "threshold.json").read_text())["threshold_on_grid_edge"] is True
+    assert "edge of the grid 0.10-0.30" in caplog.text

@@ -27,7 +27,7 @@ def _brute_force(probs: list[np.ndarray], masks: list[np.ndarray], t: float) -> 
 
 
 def test_default_grid() -> None:
-    assert DEFAULT_GRID[0] == 0.3 and DEFAULT_GRID[-1] == 0.7 and DEFAULT_GRID.size == 41
+    assert DEFAULT_GRID[0] == 0.05 and DEFAULT_GRID[-1] == 0.95 and DEFAULT_GRID.size == 91
     assert 0.43 in DEFAULT_GRID.tolist()
 
 
@@ -62,12 +62,12 @@ def test_value_on_grid_point_is_kelp() -> None:
 
 def test_ties_go_to_the_threshold_closest_to_half() -> None:
     # probabilities far from the grid: every threshold gives the same dice
-    prob = np.array([[0.1, 0.9, 0.9, 0.1]], np.float32)
+    prob = np.array([[0.02, 0.98, 0.98, 0.02]], np.float32)
     mask = np.array([[0, 1, 0, 1]], np.uint8)
     result = search_threshold([prob], [mask])
     assert result.threshold == 0.5
     assert result.table["dice"].nunique() == 1
-    # a plateau at 0.30..0.40 (kelp at 0.40 is found only up to 0.40): pick 0.40
+    # a plateau at 0.05..0.40 (kelp at 0.40 is found only up to 0.40): pick 0.40
     prob = np.array([[0.4, 0.1]], np.float32)
     mask = np.array([[1, 0]], np.uint8)
     result = search_threshold([prob], [mask])
@@ -87,7 +87,7 @@ def test_accumulators_add_and_to_dict() -> None:
     assert a.result().table.equals(whole.table)
     data = whole.to_dict()
     assert set(data) == {"threshold", "dice", "dice_at_0.5", "grid"}
-    assert len(data["grid"]) == 41 and set(data["grid"][0]) >= {"threshold", "dice", "tp", "fp", "fn"}
+    assert len(data["grid"]) == 91 and set(data["grid"][0]) >= {"threshold", "dice", "tp", "fp", "fn"}
 
 
 def test_bad_inputs() -> None:

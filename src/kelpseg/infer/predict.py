@@ -422,7 +422,17 @@ def evaluate_run(
         seconds=round(time.perf_counter() - started, 2),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    payload["threshold_on_grid_edge"] = result.threshold in (acc.grid[0], acc.grid[-1])
     write_json(run_dir / THRESHOLD_FILE, payload)
+    if payload["threshold_on_grid_edge"] and acc.grid.size > 1:
+        log.warning(
+            "run %s: the best threshold %.2f is the edge of the grid %.2f-%.2f; the model is badly "
+            "calibrated on its validation fold (train longer, or check the loss)",
+            run_dir,
+            result.threshold,
+            acc.grid[0],
+            acc.grid[-1],
+        )
     log.info(
         "run %s: threshold %.2f, dice %.4f (%.4f at 0.5)",
         run_dir,

@@ -664,8 +664,22 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+    # Lightning and MLflow reset their top loggers to INFO when imported (lazily, after this
+    # runs), so the loggers that actually speak are set explicitly too.
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "mlflow",
+        "mlflow.store.db.utils",
+        "mlflow.tracking.fluent",
+        "alembic",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its only warning is "Experiment ... not found. Creating it." on every first run
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 

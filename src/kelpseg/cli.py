@@ -401,6 +401,13 @@ BatchSize = Annotated[int, typer.Option(help="Tiles per inference batch.")]
 Threshold = Annotated[
     float | None, typer.Option(help="Decision threshold (default: the run's fitted one, else 0.5).")
 ]
+EnsembleThreshold = Annotated[
+    float | None,
+    typer.Option(
+        help="Ensemble threshold (default: the best on the runs' pooled out-of-fold validation "
+        "counts from `kelpseg eval`, else the mean of their fitted thresholds, else 0.5)."
+    ),
+]
 
 
 _INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
@@ -541,7 +548,7 @@ def cv_predict_cmd(
         str | None,
         typer.Option(help="Comma list of weights, or 'val' (from validation Dice); default equal."),
     ] = None,
-    threshold: Threshold = None,
+    threshold: EnsembleThreshold = None,
     mode: Annotated[
         str, typer.Option(help="'soft' (average probabilities) or 'vote' (hard labels).")
     ] = "soft",

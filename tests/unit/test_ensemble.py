@@ -138,3 +138,45 @@ def test_reference_equivalent_threshold() -> None:
     assert t == pytest.approx(0.528)
     assert 5 / 10 < t <= 6 / 10
     assert reference_equivalent_threshold(0.5, [0.0, 2.0, 2.0]) == pytest.approx(0.75)
+
+
+def _fitted_run(root: Path, name: str, rows: list[tuple[float, int, int, int]], dice: float) -> Path:
+    """A run dir whose threshold.json holds ``(threshold, tp, fp, fn)`` rows (tn = 100)."""
+    import pandas as pd
+
+    from kelpseg.evaluate.threshold import best_threshold
+
+    run = root / name
+    run.mkdir(parents=True)
+    table = pd.DataFrame(rows, columns=["threshold", "tp", "fp", "fn"]).assign(tn=100)
+    best = best_threshold(table)
+    payload = {"threshold": best.threshold, "dice": dice, "grid": best.table.to_dict(orient="records")}
+    (run / "threshold.json").write_text(json.dumps(payload))
+    return run
+
+
+def test_ensemble_threshold_from_pooled_out_of_fold_counts(tmp_path: Path) -> None:
+    from kelpseg.infer.workflows import pooled_threshold, resolve_ensemble
+
+    # run a: Dice 16/22, 12/17, 6/13 -> best 0.3; run b: 10/25, 10/17, 8/9 -> best 0.7
+    a = _fitted_run(tmp_path, "a", [(0.3, 8, 4, 2), (0.5, 6, 1, 4), (0.7, 3, 0, 7)], 0.7)
+    b = _fitted_run(tmp_path, "b", [(0.3, 5, 10, 0), (0.5, 5, 2, 0), (0.7, 4, 0, 1)], 0.9)
+    assert json.loads((a / "threshold.json").read_text())["threshold"] == 0.3
+    assert json.loads((b / "threshold.json").read_text())["threshold"] == 0.7
+    # pooled: 0.3 -> 26/42, 0.5 -> 22/29, 0.7 -> 14/29
+    threshold, dice = pooled_threshold([a, b])
+    assert threshold == 0.5 and dice == pytest.approx(22 / 29)
+    w, t, source = resolve_ensemble([a, b], [1.0, 3.0], None)
+    assert (w, t) == ([1.0, 3.0], 0.5) and source.startswith("pooled out-of-fold")
+    assert resolve_ensemble([a, b], [1.0, 3.0], 0.42)[1:] == (0.42, "given")
+    # a run whose threshold.json has no grid: the weighted mean of the fitted thresholds
+    (b / "threshold.json").write_text(json.dumps({"threshold": 0.7, "dice": 0.9}))
+    assert pooled_threshold([a, b]) is None
+    w, t, source = resolve_ensemble([a, b], [1.0, 3.0], None)
+    assert t == pytest.approx(0.6) and source == "weighted mean of the runs' fitted thresholds"
+    # different grids cannot be pooled either
+    c = _fitted_run(tmp_path, "c", [(0.4, 5, 2, 0), (0.6, 4, 0, 1)], 0.8)
+    assert pooled_threshold([a, c]) is None
+    # a run never evaluated: 0.5, saying so
+    (tmp_path / "d").mkdir()
+    assert resolve_ensemble([a, tmp_path / "d"], None, None)[1] == 0.5

@@ -112,19 +112,24 @@ class ThresholdAccumulator:
         return pd.DataFrame({"threshold": self.grid, "tp": tp, "fp": fp, "fn": n_kelp - tp, "tn": n_bg - fp})
 
     def result(self) -> ThresholdResult:
-        counts = self.counts()
-        scores = [
-            scores_from_counts(*row) for row in counts[["tp", "fp", "fn", "tn"]].itertuples(index=False)
-        ]
-        table = pd.concat(
-            [counts[["threshold"]], pd.DataFrame(scores), counts[["tp", "fp", "fn", "tn"]]], axis=1
-        )
-        table = table.drop(columns=["macro_dice"])
-        dice = table["dice"].to_numpy()
-        near_best = dice >= dice.max() - TIE_TOLERANCE
-        distance = np.where(near_best, np.abs(self.grid - 0.5), np.inf)
-        best = int(np.argmin(distance))
-        return ThresholdResult(threshold=float(self.grid[best]), dice=float(dice[best]), table=table)
+        return best_threshold(self.counts())
+
+
+def best_threshold(counts: pd.DataFrame) -> ThresholdResult:
+    """Best row of a ``threshold, tp, fp, fn, tn`` table (ties broken towards 0.5).
+
+    The counts may come from one run or be the sum over several (pooled out-of-fold counts).
+    """
+    counts = counts[["threshold", "tp", "fp", "fn", "tn"]].reset_index(drop=True)
+    scores = [scores_from_counts(*row) for row in counts[["tp", "fp", "fn", "tn"]].itertuples(index=False)]
+    table = pd.concat([counts[["threshold"]], pd.DataFrame(scores), counts[["tp", "fp", "fn", "tn"]]], axis=1)
+    table = table.drop(columns=["macro_dice"])
+    grid = table["threshold"].to_numpy(dtype=np.float64)
+    dice = table["dice"].to_numpy()
+    near_best = dice >= dice.max() - TIE_TOLERANCE
+    distance = np.where(near_best, np.abs(grid - 0.5), np.inf)
+    best = int(np.argmin(distance))
+    return ThresholdResult(threshold=float(grid[best]), dice=float(dice[best]), table=table)
 
 
 def search_threshold(

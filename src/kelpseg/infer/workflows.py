@@ -21,7 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from kelpseg.errors import KelpsegError
+from kelpseg.evaluate.threshold import best_threshold
 from kelpseg.infer.ensemble import ensemble_folders, weights_from_scores
 from kelpseg.infer.predict import InferenceOptions, predict_folder
 from kelpseg.infer.previews import write_prediction_previews
@@ -125,14 +128,39 @@ def predict_and_submit(
     )
 
 
+def pooled_threshold(run_dirs: Sequence[str | Path]) -> tuple[float, float] | None:
+    """``(threshold, dice)`` maximising the global Dice of the runs' validation counts pooled.
+
+    Each run's ``threshold.json`` (``kelpseg eval``) holds exact tp/fp/fn/tn per grid value on
+    its own validation fold; summed over the folds of a CV they are the out-of-fold counts of the
+    whole training set, and their best threshold is the one that maximises the competition metric
+    there. None when a run has no such table or the grids differ.
+    """
+    tables = []
+    for run_dir in run_dirs:
+        fitted = _read_json(Path(run_dir) / THRESHOLD_FILE)
+        if not fitted or not fitted.get("grid"):
+            return None
+        table = pd.DataFrame(fitted["grid"])
+        if not {"threshold", "tp", "fp", "fn", "tn"} <= set(table.columns):
+            return None
+        tables.append(table.assign(threshold=table["threshold"].round(6)).set_index("threshold"))
+    if not tables or any(not t.index.equals(tables[0].index) for t in tables):
+        return None
+    total = sum(t[["tp", "fp", "fn", "tn"]] for t in tables).reset_index()
+    best = best_threshold(total)
+    return best.threshold, best.dice
+
+
 def resolve_ensemble(
     run_dirs: Sequence[str | Path], weights: Sequence[float] | str | None, threshold: float | None
 ) -> tuple[list[float], float, str]:
-    """Member weights and the ensemble threshold.
+    """Member weights and the ensemble threshold, with where the threshold came from.
 
     ``weights``: a list, ``"val"`` (min-max of each run's validation Dice to [0.2, 1]) or None
-    (all 1). ``threshold``: given, else the weighted mean of the runs' fitted thresholds when
-    every run has one (``kelpseg eval``), else 0.5.
+    (all 1). ``threshold``: given; else the best threshold on the runs' pooled out-of-fold
+    validation counts (:func:`pooled_threshold`, every run evaluated with ``kelpseg eval``); else
+    the weighted mean of the runs' fitted thresholds; else 0.5.
     """
     if isinstance(weights, str):
         if weights != "val":
@@ -146,6 +174,9 @@ def resolve_ensemble(
             raise KelpsegError(f"{len(w)} weight(s) given for {len(run_dirs)} run dir(s)")
     if threshold is not None:
         return w, float(threshold), "given"
+    pooled = pooled_threshold(run_dirs)
+    if pooled is not None:
+        return w, pooled[0], f"pooled out-of-fold validation counts of the runs (Dice {pooled[1]:.4f})"
     fitted = [run_threshold(r) for r in run_dirs]
     if all(t is not None for t in fitted) and sum(w) > 0:
         mean = sum(wi * ti for wi, ti in zip(w, fitted, strict=True)) / sum(w)  # type: ignore[operator]

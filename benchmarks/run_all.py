@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_data import BENCHMARKS as DATA_BENCHMARKS
 from bench_model import BENCHMARKS as MODEL_BENCHMARKS
+from kelpseg.cli import quiet_libraries
 
 BENCHMARKS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {**DATA_BENCHMARKS, **MODEL_BENCHMARKS}
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=120)
     parser.add_argument("--n-test", type=int, default=30)
     args = parser.parse_args()
+    quiet_libraries()  # the JSON lines, not Lightning's banners
     names = args.only or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

@@ -666,7 +666,7 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
     console.print(table)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the console for kelpseg's own output: library chatter only at warning level."""
     import logging
     import warnings
@@ -693,7 +693,7 @@ def _quiet_libraries() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         app()
     except KelpsegError as exc:

@@ -3,7 +3,8 @@
 1. data: use ``data/raw`` when it holds a metadata CSV, else generate the synthetic demo set;
 2. check-data, sample plots (a few tiles), AOI grouping, EDA, band stats, CV split;
 3. train the chosen recipe on the first folds, fit each run's threshold on its own val fold;
-4. the fold ensemble predicts the test tiles → validated ``submission.tar`` with previews;
+4. the fold ensemble (threshold: the best on the pooled out-of-fold validation counts) predicts
+   the test tiles → validated ``submission.tar`` with previews;
 5. scores: validation Dice of each fold next to the NDVI-in-water baseline on the same tiles,
    and — on synthetic data only, from ``truth/`` — the test Dice of the submission and of the
    baseline.

@@ -117,6 +117,24 @@ def test_cache_widens_the_storage_type_when_a_tile_does_not_fit_int16(tmp_path: 
     assert cache.read_mask("ZZ000001").sum() == 0
 
 
+def test_cache_refuses_to_build_without_the_disk_space(
+    layout: DataLayout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from kelpseg.train import cache as cache_module
+
+    # 4 tiles: 4 * 350 * 350 * (7 bands * 2 bytes + 1 mask byte)
+    assert cache_module.cache_bytes(4) == 4 * 350 * 350 * 15
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 100 * 2**20))
+    images, masks = _paths(layout, TRAIN_IDS)
+    with pytest.raises(KelpsegError, match=r"not enough free disk space for the tile cache of 4 tiles"):
+        TileCache.open_or_build(tmp_path / "cache", TRAIN_IDS, images, masks)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-built
+
+
 # ---- data module --------------------------------------------------------------------------------
 
 

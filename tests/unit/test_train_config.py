@@ -165,4 +165,6 @@ def test_cpu_demo_yaml_is_small() -> None:
     config = TrainConfig.from_yaml(CONFIGS / "cpu-demo.yaml")
     assert config.encoder_weights is None
     assert config.train_crop_size is not None and config.train_crop_size <= 192
-    assert config.samples_per_epoch <= 1000 and config.batch_size <= 16 and config.epochs <= 10
+    assert config.batch_size <= 16
+    # a few minutes on 2 CPU cores: a few thousand 96-192 px samples in all
+    assert config.samples_per_epoch * config.epochs <= 8000

@@ -237,6 +237,32 @@ def _fill_arrays(
     del images, masks
 
 
+#: Free space kept beyond the cache's own size when building one.
+DISK_MARGIN_BYTES = 512 * 2**20
+
+
+def cache_bytes(n_tiles: int, image_dtype: str = "int16") -> int:
+    """Disk size of a cache of ``n_tiles`` tiles (images in ``image_dtype`` plus uint8 masks)."""
+    pixels = n_tiles * TILE_SIZE * TILE_SIZE
+    return pixels * N_BANDS * np.dtype(image_dtype).itemsize + pixels
+
+
+def _check_free_space(folder: Path, n_tiles: int) -> None:
+    """Refuse to build when the disk cannot hold the cache.
+
+    The arrays are written through memory maps: running out of space there kills the process with
+    SIGBUS instead of raising, so the space is checked first.
+    """
+    need = cache_bytes(n_tiles) + DISK_MARGIN_BYTES
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise CacheError(
+            f"{folder}: not enough free disk space for the tile cache of {n_tiles} tiles "
+            f"(needs {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free); free some space or "
+            "train without it (--set use_cache=false)"
+        )
+
+
 def _build(
     folder: Path,
     key: str,
@@ -246,6 +272,7 @@ def _build(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(folder.parent, len(rows))
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=folder.parent))
     try:
         for dtype in _DTYPES:

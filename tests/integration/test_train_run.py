@@ -147,6 +147,28 @@ def test_resume_after_an_interruption_continues_the_run(layout: DataLayout, tmp_
     assert summary["status"] == "finished" and summary["epochs_done"] == 2
 
 
+def test_validation_every_second_epoch(layout: DataLayout, tmp_path: Path) -> None:
+    """Val columns only on validated epochs; the plateau scheduler steps once per validation."""
+    config = tiny_config(
+        layout,
+        tmp_path,
+        epochs=4,
+        val_every_n_epochs=2,
+        lr_scheduler="reduce_lr_on_plateau",
+        preview_n_tiles=0,
+    )
+    run_dir = train(config, progress=False)
+    rows = _rows(run_dir)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["val/dice"] != "" for r in rows] == [False, True, False, True]
+    assert all(r["train/loss"] != "" for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["best_epoch"] in (1, 3)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # one step after epoch 1; the step after epoch 3 follows the last checkpoint
+    assert last["lr_schedulers"][0]["last_epoch"] == 1
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     layout: DataLayout, tmp_path: Path
 ) -> None:

@@ -84,6 +84,7 @@ def test_overrides_parse_yaml_values_and_comma_lists() -> None:
         (["limit_train_batches=1.5"], "a fractional limit must be in (0, 1]"),
         (["run_name=a/b"], "run_name 'a/b' may only hold"),
         (["decision_threshold=1.0"], "decision_threshold: Input should be less than 1"),
+        (["epochs=10", "val_every_n_epochs=4"], "epochs=10 must be a multiple of val_every_n_epochs=4"),
     ],
 )
 def test_validation_messages(overrides: list[str], expected: str) -> None:

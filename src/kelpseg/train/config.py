@@ -119,6 +119,11 @@ class TrainConfig(BaseModel):
     accumulate_grad_batches: int = Field(1, gt=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    #: Validate after every n-th epoch only (epochs must be a multiple). On a CPU with the real data's
+    #: ~560 validation tiles per fold, validation costs more than a short training epoch.
+    #: Checkpoint selection, early-stopping patience and the plateau scheduler then count
+    #: validations, not epochs.
+    val_every_n_epochs: int = Field(1, ge=1)
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, gt=0)
@@ -290,6 +295,11 @@ class TrainConfig(BaseModel):
         if self.swa and self.swa_epoch_start >= 1 and self.swa_epoch_start > self.epochs:
             raise ValueError(
                 f"swa_epoch_start={self.swa_epoch_start} is after the last epoch ({self.epochs})"
+            )
+        if self.epochs % self.val_every_n_epochs:
+            raise ValueError(
+                f"epochs={self.epochs} must be a multiple of val_every_n_epochs={self.val_every_n_epochs}, "
+                "so that the last epoch is validated"
             )
         return self
 

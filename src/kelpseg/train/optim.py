@@ -7,7 +7,7 @@
 * ``cosine_with_warm_restarts``: ``CosineAnnealingWarmRestarts(T_0=steps per epoch, T_mult, eta_min)``,
   stepped per step.
 * ``reduce_lr_on_plateau``: ``ReduceLROnPlateau(mode="min", factor, patience, threshold, min_lr)`` on
-  ``val/loss``, per epoch.
+  ``val/loss``, after each validation (every ``val_every_n_epochs`` epochs).
 * ``none``: a constant LR.
 
 SGD uses momentum 0.9 (plain SGD without momentum trains poorly and cannot cycle momentum under
@@ -76,7 +76,14 @@ def _plateau(opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epoch
         threshold=c.reduce_lr_on_plateau_threshold,
         min_lr=c.reduce_lr_on_plateau_min_lr,
     )
-    return {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss", "strict": True}
+    # steps after the epochs that validate: (epoch + 1) % n == 0 for both Lightning counters
+    return {
+        "scheduler": scheduler,
+        "interval": "epoch",
+        "frequency": c.val_every_n_epochs,
+        "monitor": "val/loss",
+        "strict": True,
+    }
 
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig, int, int], dict[str, Any]] | None] = {

@@ -198,9 +198,11 @@ class EpochMetricsCallback(Callback):
             if self._train_start:
                 self._epoch_train_seconds += time.perf_counter() - self._train_start
                 self._train_start = 0.0
-            self._write_row(trainer, pl_module)
+            self._write_row(trainer, pl_module, validated=False)
 
-    def _write_row(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _write_row(self, trainer: pl.Trainer, pl_module: pl.LightningModule, validated: bool = True) -> None:
+        """``validated=False``: the val columns stay empty (Lightning keeps the last validation's
+        values in ``callback_metrics``; they would read as this epoch's)."""
         epoch = trainer.current_epoch
         self.train_seconds += self._epoch_train_seconds
         self.train_samples += self._epoch_samples
@@ -215,7 +217,7 @@ class EpochMetricsCallback(Callback):
         row: dict[str, Any] = {
             "epoch": epoch,
             "train/loss": _fmt(train_loss),
-            **{k: _fmt(metrics.get(k)) for k in METRICS_COLUMNS[2:8]},
+            **{k: _fmt(metrics.get(k) if validated else None) for k in METRICS_COLUMNS[2:8]},
             "lr": _fmt(lr),
             "seconds": f"{seconds:.2f}",
             "train_samples_per_s": _fmt(throughput),
@@ -374,6 +376,7 @@ def _make_trainer(
         accumulate_grad_batches=config.accumulate_grad_batches,
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
+        check_val_every_n_epoch=config.val_every_n_epochs,
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,

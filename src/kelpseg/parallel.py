@@ -1,15 +1,37 @@
-"""Map a function over items in worker processes or threads with a progress bar, in order."""
+"""Worker processes and threads: the start method every worker process uses, and ``pmap``."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing.context import BaseContext
 from typing import TypeVar
 
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: Imported once by the fork server, so that each worker starts without importing them again.
+FORKSERVER_PRELOAD = ("numpy", "rasterio", "torch", "kelpseg.io.tiles")
+
+
+def process_context() -> BaseContext:
+    """The multiprocessing context of every worker process (pools, band stats, DataLoaders).
+
+    ``forkserver``: workers are forked from a clean single-threaded server, never from this
+    process. Forking a process whose threads have used rasterio can deadlock the child (GDAL/PROJ
+    keep SQLite handles and their locks across ``fork``; seen as a DataLoader worker stuck for
+    good in ``sqlite3_finalize`` under PROJ), and this package reads tiles in threads in several
+    stages. Python 3.14 makes forkserver the default on Linux for the same reason. Falls back to
+    ``spawn`` where there is no fork server (Windows).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # no effect once the server runs
+    return ctx
 
 
 def pmap(
@@ -39,7 +61,8 @@ def pmap(
         if threads:
             pool, kwargs = ThreadPoolExecutor(max_workers=workers), {}
         else:
-            pool, kwargs = ProcessPoolExecutor(max_workers=workers), {"chunksize": chunksize}
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=process_context())
+            kwargs = {"chunksize": chunksize}
         with pool:
             out = []
             for result in pool.map(func, items, **kwargs):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tqdm import tqdm
 
 from kelpseg.bands import BANDS, FILL_VALUE, TILE_PIXELS, TILE_SIZE, band_positions
 from kelpseg.errors import KelpsegError, StageNotRunError, TileError
@@ -329,9 +330,13 @@ def test_corrupt_tile_error_reaches_the_caller(tmp_path: Path, workers: int) -> 
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="patching reaches workers by fork")
-def test_dead_worker_is_reported(dataset: DataLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+def _dying_worker(worker_id: int, job: object, results: object) -> None:
+    os._exit(3)  # a worker killed without a word (out of memory, signal)
+
+
+def test_dead_worker_is_reported(dataset: DataLayout) -> None:
     import kelpseg.prep.band_stats as band_stats
 
-    monkeypatch.setattr(band_stats, "accumulate", lambda job, on_progress=None: os._exit(3))
+    jobs = [band_stats._Job(("a",), (), "nan", True, True), band_stats._Job(("b",), (), "nan", True, True)]
     with pytest.raises(RuntimeError, match=r"worker died \(exit code 3\)"):
-        compute_band_stats(dataset, indices=[], workers=2, progress=False)
+        band_stats._run_parallel(jobs, tqdm(disable=True), target=_dying_worker)

@@ -44,7 +44,7 @@ from kelpseg.infer.tta import predict_with_tta, resolve_transforms
 from kelpseg.io.atomic import write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
 from kelpseg.layout import IMAGE_SUFFIX, DataLayout, mask_name, tile_id_from_path
-from kelpseg.parallel import pmap
+from kelpseg.parallel import pmap, process_context
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def iter_probabilities(
         _TileReader(image_paths, mask_paths),
         batch_size=options.batch_size,
         num_workers=workers,
+        multiprocessing_context=process_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

@@ -61,7 +61,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import pickle
 import queue as queue_mod
 from collections.abc import Callable, Sequence
@@ -80,6 +79,7 @@ from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
 from kelpseg.io.tiles import read_tile
 from kelpseg.layout import DataLayout
+from kelpseg.parallel import process_context
 
 log = logging.getLogger(__name__)
 
@@ -409,10 +409,13 @@ def _worker(worker_id: int, job: _Job, results: Any) -> None:
         results.put(("error", exc))
 
 
-def _run_parallel(jobs: list[_Job], bar: tqdm) -> StatsState:
-    ctx = mp.get_context()
+def _run_parallel(
+    jobs: list[_Job], bar: tqdm, target: Callable[[int, _Job, Any], None] = _worker
+) -> StatsState:
+    """Run ``target`` (the worker loop) once per job in its own process and merge the states."""
+    ctx = process_context()
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(w, job, results), daemon=True) for w, job in enumerate(jobs)]
+    procs = [ctx.Process(target=target, args=(w, job, results), daemon=True) for w, job in enumerate(jobs)]
     for p in procs:
         p.start()
     states: dict[int, StatsState] = {}

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.io.catalog import load_catalog
 from kelpseg.layout import DataLayout
+from kelpseg.parallel import process_context
 from kelpseg.train.cache import TileCache
 from kelpseg.train.dataset import KelpTileDataset
 from kelpseg.train.sampler import SamplerFactors, make_sampler, sampler_weights_by_tile
@@ -208,6 +209,7 @@ class KelpDataModule(L.LightningDataModule):
             batch_size=int(self.config.batch_size),
             num_workers=workers,
             persistent_workers=workers > 0,
+            multiprocessing_context=process_context() if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )

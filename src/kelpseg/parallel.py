@@ -13,8 +13,22 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Imported once by the fork server, so that each worker starts without importing them again.
-FORKSERVER_PRELOAD = ("numpy", "rasterio", "torch", "kelpseg.io.tiles")
+#: Imported once by the fork server (at its start, the first time a worker is needed), so that
+#: workers are forked with them loaded instead of each importing them again.
+FORKSERVER_PRELOAD = (
+    "numpy",
+    "rasterio",
+    "torch",
+    "matplotlib",
+    "kelpseg.io.integrity",
+    "kelpseg.prep.aoi",
+    "kelpseg.prep.band_stats",
+    "kelpseg.prep.eda",
+    "kelpseg.prep.plotting",
+    "kelpseg.evaluate.baseline",
+    "kelpseg.train.dataset",
+    "kelpseg.infer.predict",
+)
 
 
 def process_context() -> BaseContext:

@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from kelpseg.errors import KelpsegError
+from kelpseg.io.yaml_file import read_yaml
 
 DISCRETE_KINDS = ("choice", "grid")
 NUMERIC_KINDS = ("uniform", "loguniform", "quniform", "randint", "lograndint")
@@ -205,13 +205,7 @@ class SweepSpace:
 def load_space(path: str | Path) -> SweepSpace:
     """Read and check the structure of a sweep space file (option values are checked by validate_space)."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepSpaceError(f"{path}: sweep space file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SweepSpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_space(data, path=path)
+    return parse_space(read_yaml(path, "sweep space file", SweepSpaceError), path=path)
 
 
 def parse_space(data: Any, path: Path | None = None) -> SweepSpace:

@@ -423,9 +423,9 @@ def evaluate_run(
         seconds=round(time.perf_counter() - started, 2),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    payload["threshold_on_grid_edge"] = result.threshold in (acc.grid[0], acc.grid[-1])
+    payload["threshold_on_grid_edge"] = acc.grid.size > 1 and result.threshold in (acc.grid[0], acc.grid[-1])
     write_json(run_dir / THRESHOLD_FILE, payload)
-    if payload["threshold_on_grid_edge"] and acc.grid.size > 1:
+    if payload["threshold_on_grid_edge"]:
         log.warning(
             "run %s: the best threshold %.2f is the edge of the grid %.2f-%.2f; the model is badly "
             "calibrated on its validation fold (train longer, or check the loss)",

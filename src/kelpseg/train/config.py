@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kelpseg.bands import BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError
+from kelpseg.io.yaml_file import read_yaml
 from kelpseg.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -377,12 +378,7 @@ class TrainConfig(BaseModel):
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: training config not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "training config", ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kelpseg.errors import KelpsegError
-from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout
+from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout, RunLayout
 
 if TYPE_CHECKING:
     from kelpseg.infer.predict import InferenceOptions
@@ -299,7 +299,7 @@ def train_cmd(
 def _print_run(run_dir: Path) -> None:
     import json
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
     best = summary.get("best_score")
     best_txt = "n/a" if best is None else f"{best:.4f}"
     console.print(
@@ -474,7 +474,7 @@ def eval_cmd(
     console.print(
         f"[green]val/dice[/] {res.dice:.4f} at threshold {res.threshold:.2f}"
         + (f" ({at_half:.4f} at 0.50)" if at_half is not None else "")
-        + f"; stored in {run_dir / 'threshold.json'}"
+        + f"; stored in {RunLayout(run_dir).threshold}"
     )
 
 

@@ -10,12 +10,17 @@ A data directory (default ``./data``) holds::
     processed/                  outputs of the preparation stages
     predictions/                per-tile predictions
     submissions/                submission archives
+
+A training run directory (``<output_dir>/<run_name>/``, written by :mod:`kelpseg.train.run`) is
+described by :class:`RunLayout`: every file name of that format is defined there and only there.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 METADATA_FILENAME = "metadata_fTq0l2T.csv"
 IMAGE_SUFFIX = "_satellite.tif"
@@ -156,3 +161,146 @@ class DataLayout:
     @property
     def submissions(self) -> Path:
         return self.root / "submissions"
+
+
+# ---- training run directories -------------------------------------------------------------------
+#: Run names (and sweep names, which prefix trial run names) are folder names: no separators.
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9._=+-]+")
+RUN_NAME_CHARS = "letters, digits and . _ = + -"
+
+
+def is_valid_run_name(name: str) -> bool:
+    return RUN_NAME_PATTERN.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one kelpseg training run directory::
+
+        config.yaml           the resolved TrainConfig (run_name filled in)
+        band_stats.json       copy of the band statistics used
+        split.json            split parquet path + sha256, fold, train / val tile ids
+        mlflow.json           tracking URI, experiment and run id (when MLflow is on)
+        checkpoints/best.ckpt best epoch by ``monitor_metric``
+        checkpoints/last.ckpt end of the latest epoch
+        metrics.csv           one row per epoch
+        previews/epoch=EEE.png
+        summary.json          best score and epoch, epochs done, wall time, status
+        threshold.json        decision threshold fitted on the validation fold (``kelpseg eval``)
+
+    Other run-directory formats (e.g. another tool's) are recognised by :func:`detect_run_format`;
+    a format is a class with a ``kind`` and a ``matches(root)`` classmethod, registered with
+    :func:`register_run_format`.
+    """
+
+    root: Path
+
+    kind: ClassVar[str] = "kelpseg"
+    CONFIG: ClassVar[str] = "config.yaml"
+    BAND_STATS: ClassVar[str] = "band_stats.json"
+    SPLIT: ClassVar[str] = "split.json"
+    MLFLOW: ClassVar[str] = "mlflow.json"
+    METRICS: ClassVar[str] = "metrics.csv"
+    SUMMARY: ClassVar[str] = "summary.json"
+    THRESHOLD: ClassVar[str] = "threshold.json"
+    CHECKPOINT_DIR: ClassVar[str] = "checkpoints"
+    PREVIEW_DIR: ClassVar[str] = "previews"
+    #: Checkpoint names that ``checkpoint(name)`` resolves inside ``checkpoints/``.
+    CHECKPOINT_NAMES: ClassVar[tuple[str, ...]] = ("best", "last")
+    #: The small files that describe a run (what a sweep trial's checkpoint carries with ``checkpoints/``).
+    SMALL_FILES: ClassVar[tuple[str, ...]] = (CONFIG, BAND_STATS, SPLIT, MLFLOW, METRICS, SUMMARY)
+    #: What MLflow receives as artifacts at the end of a run.
+    ARTIFACT_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, SUMMARY, SPLIT, BAND_STATS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, output_dir: str | Path, run_name: str) -> RunLayout:
+        """The run directory ``<output_dir>/<run_name>``."""
+        return cls(Path(output_dir) / run_name)
+
+    @classmethod
+    def matches(cls, root: str | Path) -> bool:
+        """Whether ``root`` is a kelpseg run directory (it has a ``config.yaml``)."""
+        return (Path(root) / cls.CONFIG).is_file()
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def band_stats(self) -> Path:
+        return self.root / self.BAND_STATS
+
+    @property
+    def split(self) -> Path:
+        return self.root / self.SPLIT
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / self.MLFLOW
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def threshold(self) -> Path:
+        return self.root / self.THRESHOLD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINT_DIR
+
+    @property
+    def previews(self) -> Path:
+        return self.root / self.PREVIEW_DIR
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint("best")
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint("last")
+
+    def checkpoint(self, name: str) -> Path:
+        """``best`` / ``last`` -> ``checkpoints/<name>.ckpt``; any other value is taken as a file path."""
+        return self.checkpoints / f"{name}.ckpt" if name in self.CHECKPOINT_NAMES else Path(name)
+
+    def checkpoint_file(self, name: str) -> str:
+        """Path of a checkpoint relative to the run directory (``checkpoints/last.ckpt``)."""
+        return f"{self.CHECKPOINT_DIR}/{name}.ckpt"
+
+
+#: Recognised run-directory formats, tried in order by :func:`detect_run_format`.
+_RUN_FORMATS: list[type] = [RunLayout]
+
+
+def register_run_format(fmt: type, first: bool = False) -> type:
+    """Add a run-directory format: a class with ``kind: str`` and ``matches(root) -> bool``.
+
+    Usable as a decorator. ``first=True`` tries it before the formats already known.
+    """
+    if not isinstance(getattr(fmt, "kind", None), str) or not callable(getattr(fmt, "matches", None)):
+        raise TypeError(f"{fmt!r}: a run format needs a `kind` string and a `matches(root)` classmethod")
+    _RUN_FORMATS.insert(0, fmt) if first else _RUN_FORMATS.append(fmt)
+    return fmt
+
+
+def run_formats() -> list[str]:
+    return [f.kind for f in _RUN_FORMATS]
+
+
+def detect_run_format(root: str | Path) -> str | None:
+    """The ``kind`` of the first registered format that recognises ``root``; None for none."""
+    return next((f.kind for f in _RUN_FORMATS if f.matches(Path(root))), None)

@@ -35,7 +35,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 
-from kelpseg.layout import DataLayout
+from kelpseg.layout import DataLayout, RunLayout
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.run import RunDirError
 
@@ -61,7 +61,7 @@ class RunOutcome:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
+    path = RunLayout(run_dir).summary
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
@@ -106,8 +106,8 @@ def train_or_resume(
 
     if not config.run_name:
         raise ValueError("train_or_resume needs a config with run_name set")
-    run_dir = Path(config.output_dir) / config.run_name
-    stored = run_dir / "config.yaml"
+    files = RunLayout.of(config.output_dir, config.run_name)
+    run_dir, stored = files.root, files.config
     if stored.is_file():
         previous = TrainConfig.from_yaml(stored)
         if previous.to_dict() != config.to_dict():
@@ -118,7 +118,7 @@ def train_or_resume(
             )
         if read_summary(run_dir).get("status") == "finished":
             return RunOutcome(run_dir, "skipped", read_summary(run_dir))
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if files.last_checkpoint.is_file():
             call_with_callbacks(resume, run_dir, layout=layout, progress=progress, callbacks=callbacks)
             return RunOutcome(run_dir, "resumed", read_summary(run_dir))
         log.warning("%s: earlier attempt left no checkpoint; starting the run again", run_dir)

@@ -63,6 +63,7 @@ from kelpseg.distributed.space import (
 )
 from kelpseg.errors import KelpsegError
 from kelpseg.io.atomic import write_json, write_parquet, write_text
+from kelpseg.layout import RUN_NAME_CHARS, RunLayout, is_valid_run_name
 from kelpseg.train.config import TrainConfig, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,6 @@ DEFAULT_RUN_OPTIONS: dict[str, Any] = {
 }
 SWEEP_FILE = "sweep.json"
 POINTER_FILE = "run.json"
-#: Run-directory files that travel in a trial checkpoint when the storage is not a shared path.
-_COPIED_FILES = ("config.yaml", "band_stats.json", "split.json", "mlflow.json", "metrics.csv", "summary.json")
-_NAME_RE = re.compile(r"[A-Za-z0-9._=+-]+")
 
 
 @dataclass
@@ -190,13 +188,14 @@ def _fill_checkpoint(target: Path, run_dir: Path, epoch: int, copy: bool) -> Non
     write_json(target / POINTER_FILE, {"run_dir": str(run_dir), "epoch": epoch})
     if not copy:
         return
-    for name in _COPIED_FILES:
+    source, copy_to = RunLayout(run_dir), RunLayout(target)
+    for name in RunLayout.SMALL_FILES:  # the run's small files travel when storage is not shared
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, target / name)
-    (target / "checkpoints").mkdir()
-    for ckpt in ("last.ckpt", "best.ckpt"):
-        if (run_dir / "checkpoints" / ckpt).is_file():
-            shutil.copy2(run_dir / "checkpoints" / ckpt, target / "checkpoints" / ckpt)
+    copy_to.checkpoints.mkdir()
+    for ckpt in RunLayout.CHECKPOINT_NAMES:
+        if source.checkpoint(ckpt).is_file():
+            shutil.copy2(source.checkpoint(ckpt), copy_to.checkpoint(ckpt))
 
 
 def _restore_from_checkpoint(run_dir: Path) -> None:
@@ -204,11 +203,11 @@ def _restore_from_checkpoint(run_dir: Path) -> None:
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None or (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if checkpoint is None or RunLayout(run_dir).last_checkpoint.is_file():
         return
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
-        if not (folder / "checkpoints" / "last.ckpt").is_file():
+        if not RunLayout(folder).last_checkpoint.is_file():
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         for item in folder.iterdir():
@@ -430,8 +429,8 @@ def run_sweep(
         if name is None:
             raise KelpsegError(f"{storage}: no earlier sweep of {space.name!r} to resume; pass its name")
     name = name or f"{space.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    if not _NAME_RE.fullmatch(name):
-        raise KelpsegError(f"sweep name {name!r} may only hold letters, digits and . _ = + -")
+    if not is_valid_run_name(name):
+        raise KelpsegError(f"sweep name {name!r} may only hold {RUN_NAME_CHARS}")
     experiment_path = f"{storage.rstrip('/')}/{name}"
     sweep_dir = Path(base.output_dir) / "sweeps" / name if _is_uri(storage) else Path(experiment_path)
     return _run(

@@ -43,14 +43,12 @@ from kelpseg.evaluate.threshold import DEFAULT_GRID, ThresholdAccumulator, Thres
 from kelpseg.infer.tta import predict_with_tta, resolve_transforms
 from kelpseg.io.atomic import write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
-from kelpseg.layout import IMAGE_SUFFIX, DataLayout, mask_name, tile_id_from_path
+from kelpseg.layout import IMAGE_SUFFIX, DataLayout, RunLayout, mask_name, tile_id_from_path
 from kelpseg.parallel import pmap, process_context
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_FILE = "threshold.json"
 PREDICT_CONFIG_FILE = "predict_config.json"
-SPLIT_FILE = "split.json"
 DEM = BAND_INDEX["DEM"]
 
 
@@ -241,8 +239,8 @@ def resolve_threshold(run_dir: Path, config: Any, threshold: float | None) -> tu
     """``(threshold, source)``: the argument, else ``threshold.json``, else the config's."""
     if threshold is not None:
         value, source = float(threshold), "argument"
-    elif (run_dir / THRESHOLD_FILE).is_file():
-        path = run_dir / THRESHOLD_FILE
+    elif RunLayout(run_dir).threshold.is_file():
+        path = RunLayout(run_dir).threshold
         try:
             value = float(json.loads(path.read_text())["threshold"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -351,7 +349,7 @@ def predict_folder(
 # ---- evaluate_run ------------------------------------------------------------------------------
 def validation_tiles(run_dir: Path, config: Any, layout: DataLayout | None = None) -> list[str]:
     """Validation tile ids of a run: from its ``split.json``, else from the split parquet."""
-    split_file = run_dir / SPLIT_FILE
+    split_file = RunLayout(run_dir).split
     if split_file.is_file():
         info = json.loads(split_file.read_text())
         if info.get("val_tile_ids"):
@@ -362,7 +360,7 @@ def validation_tiles(run_dir: Path, config: Any, layout: DataLayout | None = Non
     path = Path(config.split_path) if getattr(config, "split_path", None) else layout.split_path("cross_val")
     if not path.is_file():
         raise KelpsegError(
-            f"{run_dir}: no validation tiles recorded in {SPLIT_FILE} and no split table {path}"
+            f"{run_dir}: no validation tiles recorded in {RunLayout.SPLIT} and no split table {path}"
         )
     table = pd.read_parquet(path)
     column = f"split_{config.fold}"
@@ -424,7 +422,7 @@ def evaluate_run(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     payload["threshold_on_grid_edge"] = acc.grid.size > 1 and result.threshold in (acc.grid[0], acc.grid[-1])
-    write_json(run_dir / THRESHOLD_FILE, payload)
+    write_json(RunLayout(run_dir).threshold, payload)
     if payload["threshold_on_grid_edge"]:
         log.warning(
             "run %s: the best threshold %.2f is the edge of the grid %.2f-%.2f; the model is badly "

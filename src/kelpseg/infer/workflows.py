@@ -30,10 +30,7 @@ from kelpseg.infer.predict import InferenceOptions, predict_folder
 from kelpseg.infer.previews import write_prediction_previews
 from kelpseg.infer.submission import write_submission
 from kelpseg.io.atomic import write_json
-from kelpseg.layout import DataLayout
-
-THRESHOLD_FILE = "threshold.json"
-SUMMARY_FILE = "summary.json"
+from kelpseg.layout import DataLayout, RunLayout
 
 
 @dataclass
@@ -53,20 +50,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def run_val_score(run_dir: str | Path) -> float:
     """A run's validation Dice: the fitted-threshold score (``kelpseg eval``) or training's best."""
-    run_dir = Path(run_dir)
-    fitted = _read_json(run_dir / THRESHOLD_FILE)
+    files = RunLayout(Path(run_dir))
+    fitted = _read_json(files.threshold)
     if fitted and fitted.get("dice") is not None:
         return float(fitted["dice"])
-    summary = _read_json(run_dir / SUMMARY_FILE)
+    summary = _read_json(files.summary)
     if summary and summary.get("best_score") is not None:
         return float(summary["best_score"])
     raise KelpsegError(
-        f"{run_dir}: no validation score (neither {THRESHOLD_FILE} nor a best score in {SUMMARY_FILE})"
+        f"{run_dir}: no validation score (neither {files.THRESHOLD} nor a best score in {files.SUMMARY})"
     )
 
 
 def run_threshold(run_dir: str | Path) -> float | None:
-    fitted = _read_json(Path(run_dir) / THRESHOLD_FILE)
+    fitted = _read_json(RunLayout(Path(run_dir)).threshold)
     return None if not fitted else float(fitted["threshold"])
 
 
@@ -138,7 +135,7 @@ def pooled_threshold(run_dirs: Sequence[str | Path]) -> tuple[float, float] | No
     """
     tables = []
     for run_dir in run_dirs:
-        fitted = _read_json(Path(run_dir) / THRESHOLD_FILE)
+        fitted = _read_json(RunLayout(Path(run_dir)).threshold)
         if not fitted or not fitted.get("grid"):
             return None
         table = pd.DataFrame(fitted["grid"])

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kelpseg.bands import BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.io.yaml_file import read_yaml
-from kelpseg.layout import DataLayout
+from kelpseg.layout import RUN_NAME_CHARS, DataLayout, is_valid_run_name
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ class TrainConfig(BaseModel):
     @field_validator("run_name")
     @classmethod
     def _check_run_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", value):
-            raise ValueError(f"run_name {value!r} may only hold letters, digits and . _ = + -")
+        if value is not None and not is_valid_run_name(value):
+            raise ValueError(f"run_name {value!r} may only hold {RUN_NAME_CHARS}")
         return value
 
     # ---- cross-field rules --------------------------------------------------------------------

@@ -1,16 +1,10 @@
 """Training runs: run directories, MLflow tracking, resuming, and loading a run for inference.
 
-``train(config)`` writes ``<output_dir>/<run_name>/``::
-
-    config.yaml           the resolved TrainConfig (run_name filled in)
-    band_stats.json       copy of the band statistics used
-    split.json            split parquet path + sha256, fold, train / val tile ids
-    mlflow.json           tracking URI, experiment and run id (when MLflow is on)
-    checkpoints/best.ckpt best epoch by ``monitor_metric`` (val/dice: the competition metric)
-    checkpoints/last.ckpt end of the latest epoch (written every epoch, atomically)
-    metrics.csv           one row per epoch: losses, val scores, lr, seconds, train samples/s
-    previews/epoch=EEE.png
-    summary.json          best score and epoch, epochs done, wall time, throughput, status
+``train(config)`` writes ``<output_dir>/<run_name>/`` as :class:`kelpseg.layout.RunLayout`
+describes: the resolved config, a copy of the band statistics, the split, the MLflow run id,
+``best`` (by ``monitor_metric``; val/dice is the competition metric) and ``last`` checkpoints
+(written every epoch, atomically), one metrics row per epoch (losses, val scores, lr, seconds,
+train samples/s), previews and a summary (best score and epoch, wall time, throughput, status).
 
 A checkpoint holds the model, the batch transform and the config, so ``load_run`` needs nothing
 else. ``resume(run_dir)`` continues from ``last.ckpt`` (epoch count, optimizer, scheduler,
@@ -48,21 +42,13 @@ from torch import nn
 
 from kelpseg.errors import KelpsegError
 from kelpseg.io.atomic import atomic_path, write_json
-from kelpseg.layout import DataLayout
+from kelpseg.layout import DataLayout, RunLayout
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.module import KelpSegmentationModule
 from kelpseg.train.transforms import BatchTransform
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-BAND_STATS_FILE = "band_stats.json"
-SPLIT_FILE = "split.json"
-MLFLOW_FILE = "mlflow.json"
-METRICS_FILE = "metrics.csv"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
-PREVIEW_DIR = "previews"
 METRICS_COLUMNS = (
     "epoch",
     "train/loss",
@@ -141,7 +127,7 @@ def _fmt(value: Any) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    path = Path(run_dir) / METRICS_FILE
+    path = RunLayout(run_dir).metrics
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
@@ -272,7 +258,8 @@ def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) 
     if _rank() != 0:
         return logger
     write_json(
-        run_dir / MLFLOW_FILE, {"tracking_uri": uri, "experiment": config.experiment, "run_id": new_run_id}
+        RunLayout(run_dir).mlflow,
+        {"tracking_uri": uri, "experiment": config.experiment, "run_id": new_run_id},
     )
     if run_id is None:
         logger.log_hyperparams(_mlflow_params(config))
@@ -281,13 +268,14 @@ def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) 
 
 def _log_artifacts(logger: Any, run_dir: Path, best: Path | None) -> None:
     client, run_id = logger.experiment, logger.run_id
-    for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SPLIT_FILE, BAND_STATS_FILE):
+    for name in RunLayout.ARTIFACT_FILES:
         if (run_dir / name).is_file():
             client.log_artifact(run_id, str(run_dir / name))
-    if (run_dir / PREVIEW_DIR).is_dir() and any((run_dir / PREVIEW_DIR).iterdir()):
-        client.log_artifacts(run_id, str(run_dir / PREVIEW_DIR), PREVIEW_DIR)
+    previews = RunLayout(run_dir).previews
+    if previews.is_dir() and any(previews.iterdir()):
+        client.log_artifacts(run_id, str(previews), RunLayout.PREVIEW_DIR)
     if best is not None and best.is_file():
-        client.log_artifact(run_id, str(best), CHECKPOINT_DIR)
+        client.log_artifact(run_id, str(best), RunLayout.CHECKPOINT_DIR)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -298,8 +286,9 @@ class TopKCheckpoint(ModelCheckpoint):
 def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> list[Callback]:
     from kelpseg.train.previews import PreviewCallback
 
+    files = RunLayout(run_dir)
     best = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
+        dirpath=files.checkpoints,
         filename="best",
         monitor=config.monitor_metric,
         mode=config.monitor_mode,
@@ -311,7 +300,7 @@ def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> li
     # epochs that improved the monitored metric. A second, unmonitored callback keeping the
     # newest checkpoint writes it after every epoch.
     last = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
+        dirpath=files.checkpoints,
         filename="last",
         monitor=None,
         save_top_k=1,
@@ -319,15 +308,15 @@ def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> li
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [
-        EpochMetricsCallback(run_dir / METRICS_FILE),
-        PreviewCallback(run_dir / PREVIEW_DIR, preview_ids, config.preview_every_n_epochs),
+        EpochMetricsCallback(files.metrics),
+        PreviewCallback(files.previews, preview_ids, config.preview_every_n_epochs),
         best,
         last,
     ]
     if config.save_top_k > 1:
         callbacks.append(
             TopKCheckpoint(
-                dirpath=run_dir / CHECKPOINT_DIR,
+                dirpath=files.checkpoints,
                 filename="top-epoch={epoch:03d}",
                 monitor=config.monitor_metric,
                 mode=config.monitor_mode,
@@ -420,7 +409,7 @@ def _summary(
         "train_samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
         **extra,
     }
-    write_json(run_dir / SUMMARY_FILE, summary)
+    write_json(RunLayout(run_dir).summary, summary)
     return summary
 
 
@@ -465,7 +454,7 @@ def _fit(
                 run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
             )
             if logger is not None:
-                best = run_dir / CHECKPOINT_DIR / "best.ckpt"
+                best = RunLayout(run_dir).best_checkpoint
                 _log_artifacts(logger, run_dir, best if status == "finished" else None)
                 if summary["best_score"] is not None:
                     logger.log_metrics({"best_score": summary["best_score"]})
@@ -473,10 +462,11 @@ def _fit(
 
 
 def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> None:
-    config.save(run_dir / CONFIG_FILE)
-    with atomic_path(run_dir / BAND_STATS_FILE) as tmp:
+    files = RunLayout(run_dir)
+    config.save(files.config)
+    with atomic_path(files.band_stats) as tmp:
         shutil.copyfile(datamodule.band_stats_path, tmp)
-    write_json(run_dir / SPLIT_FILE, datamodule.split_info())
+    write_json(files.split, datamodule.split_info())
 
 
 def train(
@@ -495,8 +485,9 @@ def train(
         return _fit(config, run_dir, layout, progress, None, None, callbacks)
     if config.run_name is None:
         config = config.model_copy(update={"run_name": default_run_name(config)})
-    run_dir = Path(config.output_dir) / str(config.run_name)
-    if (run_dir / CHECKPOINT_DIR).exists() or (run_dir / CONFIG_FILE).exists():
+    files = RunLayout.of(config.output_dir, str(config.run_name))
+    run_dir = files.root
+    if files.checkpoints.exists() or files.config.exists():
         raise RunDirError(
             f"{run_dir}: run directory already exists; resume it with `kelpseg train --resume {run_dir}` "
             "or choose another run_name"
@@ -512,19 +503,20 @@ def resume(
 ) -> Path:
     """Continue a run from ``checkpoints/last.ckpt`` (same config, epoch count, optimizer, scheduler)."""
     run_dir = Path(run_dir)
+    files = RunLayout(run_dir)
     config = _read_run_config(run_dir)
-    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    last = files.last_checkpoint
     if not last.is_file():
         raise RunDirError(f"{last}: no checkpoint to resume from (the run did not finish one epoch)")
     if _rank() == 0:
         done = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
         rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= done]
-        _write_metrics(run_dir / METRICS_FILE, rows)
+        _write_metrics(files.metrics, rows)
     run_id = None
-    if config.mlflow and (run_dir / MLFLOW_FILE).is_file():
+    if config.mlflow and files.mlflow.is_file():
         import json
 
-        run_id = json.loads((run_dir / MLFLOW_FILE).read_text()).get("run_id")
+        run_id = json.loads(files.mlflow.read_text()).get("run_id")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         return _fit(config, run_dir, layout, progress, last, run_id, callbacks)
@@ -556,20 +548,16 @@ class LoadedRun:
 
 
 def _read_run_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / CONFIG_FILE
+    path = RunLayout(run_dir).config
     if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a training run directory (no {CONFIG_FILE})")
+        raise RunDirError(f"{run_dir}: not a training run directory (no {RunLayout.CONFIG})")
     return TrainConfig.from_yaml(path)
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
     """``best`` / ``last`` -> ``<run_dir>/checkpoints/<name>.ckpt``; any other value is a file path."""
     run_dir = Path(run_dir)
-    path = (
-        run_dir / CHECKPOINT_DIR / f"{checkpoint}.ckpt"
-        if checkpoint in ("best", "last")
-        else Path(checkpoint)
-    )
+    path = RunLayout(run_dir).checkpoint(checkpoint)
     if not path.is_file():
         raise RunDirError(f"{path}: checkpoint not found in run {run_dir}")
     return path

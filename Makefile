@@ -29,18 +29,28 @@ FOLD_RUN_DIRS ?= $(sort $(wildcard $(RUNS_DIR)/*fold*))
 FOLD_WEIGHTS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup run test lint format bench clean synth check-data
+.PHONY: help setup lock run test lint format bench clean synth check-data
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-36s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The environment is locked: requirements.lock pins every distribution to one file (sha256);
+# setup installs exactly it, then kelpseg itself (editable, no dependencies, no build isolation).
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install kelpseg with its dev extras
+setup: $(STAMP) ## Create .venv from requirements.lock (exact, hashed) and install kelpseg editable
+
+lock: ## Re-resolve pyproject.toml's dependencies (with dev extras) into requirements.lock
+	@mkdir -p build
+	$(PYTHON) -m pip install --dry-run --ignore-installed --quiet --report build/lock-report.json \
+		".[dev]" "setuptools>=77" wheel
+	$(PYTHON) tools/lock.py build/lock-report.json $(LOCK)
 
 run: $(STAMP) ## The main job end to end (synthetic demo data unless data/raw holds real data)
 	$(KELPSEG) run --data-dir $(DATA_DIR) --workers $(WORKERS)

@@ -187,6 +187,7 @@ class RunLayout:
         previews/epoch=EEE.png
         summary.json          best score and epoch, epochs done, wall time, status
         threshold.json        decision threshold fitted on the validation fold (``kelpseg eval``)
+        provenance.json       kelpseg version, git commit, lock file hash, key library versions
 
     Other run-directory formats (e.g. another tool's) are recognised by :func:`detect_run_format`;
     a format is a class with a ``kind`` and a ``matches(root)`` classmethod, registered with
@@ -203,14 +204,15 @@ class RunLayout:
     METRICS: ClassVar[str] = "metrics.csv"
     SUMMARY: ClassVar[str] = "summary.json"
     THRESHOLD: ClassVar[str] = "threshold.json"
+    PROVENANCE: ClassVar[str] = "provenance.json"
     CHECKPOINT_DIR: ClassVar[str] = "checkpoints"
     PREVIEW_DIR: ClassVar[str] = "previews"
     #: Checkpoint names that ``checkpoint(name)`` resolves inside ``checkpoints/``.
     CHECKPOINT_NAMES: ClassVar[tuple[str, ...]] = ("best", "last")
     #: The small files that describe a run (what a sweep trial's checkpoint carries with ``checkpoints/``).
-    SMALL_FILES: ClassVar[tuple[str, ...]] = (CONFIG, BAND_STATS, SPLIT, MLFLOW, METRICS, SUMMARY)
+    SMALL_FILES: ClassVar[tuple[str, ...]] = (CONFIG, BAND_STATS, SPLIT, MLFLOW, METRICS, SUMMARY, PROVENANCE)
     #: What MLflow receives as artifacts at the end of a run.
-    ARTIFACT_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, SUMMARY, SPLIT, BAND_STATS)
+    ARTIFACT_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, SUMMARY, SPLIT, BAND_STATS, PROVENANCE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -256,6 +258,10 @@ class RunLayout:
     @property
     def threshold(self) -> Path:
         return self.root / self.THRESHOLD
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / self.PROVENANCE
 
     @property
     def checkpoints(self) -> Path:

@@ -8,7 +8,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from kelpseg.progress import bar as progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,13 +57,13 @@ def pmap(
     chunksize: int = 8,
     threads: bool = False,
 ) -> list[R]:
-    """``[func(x) for x in items]`` with a tqdm bar.
+    """``[func(x) for x in items]`` with a progress bar (one closing line when not on a terminal).
 
     With ``workers > 1`` the work runs in that many processes, or threads when ``threads`` is
     true — right for closures and for I/O-bound work where rasterio and numpy release the GIL.
     """
     items = list(items)
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="tile", leave=False)
+    bar = progress_bar(len(items), desc, enabled=progress)
     try:
         if workers <= 1 or len(items) < 2:
             out = []

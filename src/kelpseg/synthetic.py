@@ -549,12 +549,12 @@ def _generate_aoi(root: str, aoi: _AoiSpec, cfg: SynthConfig) -> list[dict[str, 
 
 
 def _run(root: Path, aois: list[_AoiSpec], cfg: SynthConfig, workers: int, progress: bool) -> Iterator[dict]:
-    from tqdm.auto import tqdm
+    from kelpseg.progress import bar as progress_bar
 
     total = sum(len(a.tiles) for a in aois)
     # Largest AOIs first: better load balance across workers.
     ordered = sorted(aois, key=lambda a: -len(a.tiles))
-    with tqdm(total=total, desc="synthetic tiles", unit="tile", disable=not progress) as bar:
+    with progress_bar(total, "synthetic tiles", enabled=progress, leave=True) as bar:
         if workers <= 1 or len(aois) <= 1:
             for aoi in ordered:
                 records = _generate_aoi(str(root), aoi, cfg)

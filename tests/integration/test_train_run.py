@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+import kelpseg
+
 from builders import prepared_synthetic, tiny_train_config
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.layout import DataLayout
@@ -73,6 +75,7 @@ def test_run_directory_is_complete_and_tracked(
         "metrics.csv",
         "summary.json",
         "mlflow.json",
+        "provenance.json",
     ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (
@@ -115,7 +118,17 @@ def test_run_directory_is_complete_and_tracked(
     assert {"train/loss", "lr", "train/loss_epoch", "best_score"} <= set(run.data.metrics)
     assert len(client.get_metric_history(tracking["run_id"], "train/loss")) == 2 * STEPS  # one per step
     artifacts = {a.path for a in client.list_artifacts(tracking["run_id"])}
-    assert {"config.yaml", "metrics.csv", "summary.json", "previews", "checkpoints"} <= artifacts
+    assert {"config.yaml", "metrics.csv", "summary.json", "previews", "provenance.json"} <= artifacts
+    assert "checkpoints" not in artifacts  # mlflow_log_checkpoint is off by default
+
+    recorded = json.loads((run_dir / "provenance.json").read_text())
+    assert recorded["kelpseg_version"] == kelpseg.__version__
+    assert recorded["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert set(recorded["packages"]) >= {"torch", "segmentation-models-pytorch", "timm", "lightning"}
+    assert run.data.tags["provenance.kelpseg_version"] == kelpseg.__version__
+    assert run.data.tags["provenance.git_commit"] == str(recorded["git_commit"])
+    assert run.data.tags["provenance.lock_sha256"] == str(recorded["lock_sha256"])
+    assert run.data.tags["provenance.lightning"] == recorded["packages"]["lightning"]
 
 
 def test_resume_after_an_interruption_continues_the_run(layout: DataLayout, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from kelpseg.distributed import tracking
+from kelpseg import tracking
 from kelpseg.distributed.ray_runtime import absolute_config, apply_env, forwarded_env, init_ray
 from kelpseg.distributed.runner import fault_callbacks, read_summary, train_or_resume
 from kelpseg.errors import KelpsegError

@@ -50,7 +50,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pandas as pd
 
-from kelpseg.distributed import tracking
+from kelpseg import tracking
 from kelpseg.distributed.ray_runtime import absolute_config, apply_env, forwarded_env, init_ray
 from kelpseg.distributed.runner import AfterCheckpointCallback, fault_callbacks, read_summary, train_or_resume
 from kelpseg.distributed.space import (

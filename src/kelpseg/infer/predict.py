@@ -168,7 +168,7 @@ def iter_probabilities(
     ``run`` is a :class:`kelpseg.train.run.LoadedRun` (or anything with ``model``,
     ``transform`` and ``unpad``). Masks are zeros unless ``mask_paths`` are given.
     """
-    from tqdm.auto import tqdm
+    from kelpseg.progress import bar as progress_bar
 
     if options.batch_size < 1:
         raise KelpsegError(f"batch_size must be >= 1, got {options.batch_size}")
@@ -190,7 +190,7 @@ def iter_probabilities(
         if options.bf16
         else contextlib.nullcontext()
     )
-    bar = tqdm(total=len(image_paths), desc="predict", unit="tile", disable=not options.progress, leave=False)
+    bar = progress_bar(len(image_paths), "predict", enabled=options.progress)
     try:
         with torch.inference_mode():
             for batch in loader:

@@ -70,7 +70,6 @@ from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from kelpseg.bands import BANDS, band_positions
 from kelpseg.errors import KelpsegError, StageNotRunError
@@ -80,6 +79,7 @@ from kelpseg.io.catalog import train_catalog
 from kelpseg.io.tiles import read_tile
 from kelpseg.layout import DataLayout
 from kelpseg.parallel import process_context
+from kelpseg.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ def _worker(worker_id: int, job: _Job, results: Any) -> None:
 
 
 def _run_parallel(
-    jobs: list[_Job], bar: tqdm, target: Callable[[int, _Job, Any], None] = _worker
+    jobs: list[_Job], bar: Any, target: Callable[[int, _Job, Any], None] = _worker
 ) -> StatsState:
     """Run ``target`` (the worker loop) once per job in its own process and merge the states."""
     ctx = process_context()
@@ -522,7 +522,7 @@ def compute_band_stats(
         _Job(paths[w::workers], names, fill, bool(mask_using_qa), bool(mask_using_water_mask), batch_size)
         for w in range(workers)
     ]
-    with tqdm(total=len(paths), desc="band stats", unit="tile", disable=not progress, leave=False) as bar:
+    with progress_bar(len(paths), "band stats", enabled=progress) as bar:
         if workers == 1:
             with threadpool_limits(limits=1):
                 state = accumulate(jobs[0], on_progress=bar.update)

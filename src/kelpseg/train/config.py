@@ -151,6 +151,8 @@ class TrainConfig(BaseModel):
     experiment: str = "kelpseg-train"
     mlflow: bool = True
     mlflow_tracking_uri: str | None = None
+    #: Copy checkpoints/best.ckpt into the MLflow run's artifacts (the run directory has it anyway).
+    mlflow_log_checkpoint: bool = False
 
     # ---- field-level normalisation and checks ------------------------------------------------
     @field_validator("bands", "spectral_indices", mode="before")

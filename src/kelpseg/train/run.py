@@ -13,13 +13,17 @@ callbacks) and, when possible, the same MLflow run; a killed process loses only 
 MLflow: the tracking URI is ``$MLFLOW_TRACKING_URI``, else ``config.mlflow_tracking_uri``, else
 ``sqlite:///<output_dir>/mlflow.db`` (the first run creates the database, ~10 s). MLflow 3 refuses
 a plain file store (``./mlruns``) unless ``MLFLOW_ALLOW_FILE_STORE=true`` is set. Logged: the config
-as params, every metric, and at the end the previews, metrics, config and best checkpoint as
-artifacts. ``mlflow: false`` turns tracking off.
+as params, the provenance (``provenance.json``: kelpseg version, git commit, lock hash, library
+versions) as ``provenance.*`` tags, every metric, and at the end the previews and the small run
+files as artifacts; the best checkpoint too with ``mlflow_log_checkpoint: true`` (off by default:
+it is already in the run directory, whose path is the ``run_dir`` tag, and copying it costs tens
+of MB per run). ``mlflow: false`` turns tracking off.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -40,9 +44,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from kelpseg import provenance, tracking
 from kelpseg.errors import KelpsegError
 from kelpseg.io.atomic import atomic_path, write_json
 from kelpseg.layout import DataLayout, RunLayout
+from kelpseg.progress import is_terminal, verbose
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.module import KelpSegmentationModule
 from kelpseg.train.transforms import BatchTransform
@@ -89,12 +95,7 @@ def default_run_name(config: TrainConfig, now: datetime | None = None) -> str:
 
 def resolve_tracking_uri(config: TrainConfig) -> str:
     """``$MLFLOW_TRACKING_URI`` > ``config.mlflow_tracking_uri`` > ``sqlite:///<output_dir>/mlflow.db``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if config.mlflow_tracking_uri:
-        return config.mlflow_tracking_uri
-    return f"sqlite:///{Path(config.output_dir).resolve() / 'mlflow.db'}"
+    return tracking.resolve_uri(config.mlflow_tracking_uri, config.output_dir)
 
 
 def _on_cpu(config: TrainConfig) -> bool:
@@ -235,15 +236,14 @@ def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) 
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = resolve_tracking_uri(config)
-    artifacts = (Path(config.output_dir).resolve() / "mlartifacts").as_uri()
     try:
         logger = MLFlowLogger(
             experiment_name=config.experiment,
             run_name=config.run_name,
             tracking_uri=uri,
-            artifact_location=artifacts,
+            artifact_location=tracking.artifact_location(config.output_dir, uri),
             run_id=run_id,
-            tags={"run_dir": str(run_dir.resolve())},
+            tags={"run_dir": str(run_dir.resolve()), **provenance.as_tags(_provenance(run_dir))},
         )
         _ = logger.experiment  # connect now, so a bad URI fails before training starts
         new_run_id = logger.run_id
@@ -266,7 +266,7 @@ def _make_mlflow_logger(config: TrainConfig, run_dir: Path, run_id: str | None) 
     return logger
 
 
-def _log_artifacts(logger: Any, run_dir: Path, best: Path | None) -> None:
+def _log_artifacts(logger: Any, run_dir: Path, best: Path | None, upload_checkpoint: bool) -> None:
     client, run_id = logger.experiment, logger.run_id
     for name in RunLayout.ARTIFACT_FILES:
         if (run_dir / name).is_file():
@@ -274,7 +274,7 @@ def _log_artifacts(logger: Any, run_dir: Path, best: Path | None) -> None:
     previews = RunLayout(run_dir).previews
     if previews.is_dir() and any(previews.iterdir()):
         client.log_artifacts(run_id, str(previews), RunLayout.PREVIEW_DIR)
-    if best is not None and best.is_file():
+    if upload_checkpoint and best is not None and best.is_file():
         client.log_artifact(run_id, str(best), RunLayout.CHECKPOINT_DIR)
 
 
@@ -345,12 +345,50 @@ def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> li
     return callbacks
 
 
+class EpochLines(Callback):
+    """One plain line per epoch (``epoch 3/10  train/loss 0.312  val/dice 0.512  12.3 s``) for logs.
+
+    Used instead of a progress bar when stdout is not a terminal: a bar there is escape codes.
+    """
+
+    KEYS = ("train/loss", "val/loss", "val/dice", "val/iou")
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key in self.KEYS:
+            value = metrics.get(key)
+            if value is not None and getattr(value, "numel", lambda: 1)() == 1:
+                parts.append(f"{key} {float(value):.4f}")
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        print("  ".join(parts), file=self.stream or sys.stdout, flush=True)
+
+
 def _progress_callbacks(progress: bool) -> list[Callback]:
+    """A live bar on a terminal (``v_num`` only with ``-v``), else one line per epoch."""
     if not progress:
         return []
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    if not is_terminal(sys.stdout):
+        return [EpochLines()]
+    from lightning.pytorch.callbacks import RichProgressBar
 
-    return [RichProgressBar()] if sys.stdout.isatty() else [TQDMProgressBar(refresh_rate=10)]
+    class _Bar(RichProgressBar):
+        def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            items = super().get_metrics(trainer, pl_module)
+            if not verbose():
+                items.pop("v_num", None)
+            return items
+
+    return [_Bar()]
 
 
 def _make_trainer(
@@ -374,8 +412,8 @@ def _make_trainer(
         log_every_n_steps=config.log_every_n_steps,
         callbacks=[*callbacks, *_progress_callbacks(progress)],
         logger=logger if logger is not None else False,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
+        enable_progress_bar=progress and is_terminal(sys.stdout),
+        enable_model_summary=progress and verbose(),
         num_sanity_val_steps=1,
         plugins=[AtomicCheckpointIO()],
     )
@@ -455,7 +493,9 @@ def _fit(
             )
             if logger is not None:
                 best = RunLayout(run_dir).best_checkpoint
-                _log_artifacts(logger, run_dir, best if status == "finished" else None)
+                _log_artifacts(
+                    logger, run_dir, best if status == "finished" else None, config.mlflow_log_checkpoint
+                )
                 if summary["best_score"] is not None:
                     logger.log_metrics({"best_score": summary["best_score"]})
     return run_dir
@@ -467,6 +507,13 @@ def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> Non
     with atomic_path(files.band_stats) as tmp:
         shutil.copyfile(datamodule.band_stats_path, tmp)
     write_json(files.split, datamodule.split_info())
+    write_json(files.provenance, provenance.collect())
+
+
+def _provenance(run_dir: Path) -> dict[str, Any]:
+    """The run's recorded provenance (a resumed run keeps the one it started with)."""
+    path = RunLayout(run_dir).provenance
+    return json.loads(path.read_text()) if path.is_file() else provenance.collect()
 
 
 def train(
@@ -514,8 +561,6 @@ def resume(
         _write_metrics(files.metrics, rows)
     run_id = None
     if config.mlflow and files.mlflow.is_file():
-        import json
-
         run_id = json.loads(files.mlflow.read_text()).get("run_id")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

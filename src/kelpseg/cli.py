@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kelpseg import tracking
 from kelpseg.errors import KelpsegError
 from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout, RunLayout
 
@@ -305,6 +306,13 @@ def _print_run(run_dir: Path) -> None:
     console.print(
         f"[green]run[/] {run_dir}: best val/dice {best_txt} after {summary.get('epochs_done')} epoch(s)"
     )
+    _print_mlflow_hint(tracking.ui_command_for_run(run_dir))
+
+
+def _print_mlflow_hint(command: str | None) -> None:
+    """The command that opens the MLflow UI on the store the runs went to."""
+    if command:
+        console.print(f"MLflow runs: {command}", highlight=False, soft_wrap=True)
 
 
 @app.command("train-all-folds")
@@ -386,6 +394,7 @@ def sweep_cmd(
     )
     print_sweep(result)
     console.print(f"trials and run dirs: {result.sweep_dir}")
+    _print_mlflow_hint(tracking.ui_command(result.tracking_uri) if result.tracking_uri else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,7 +581,7 @@ def cv_predict_cmd(
     )
     console.print(
         f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, "
-        f"weights {res.weights}, threshold {res.threshold})"
+        f"weights {', '.join(f'{w:.3f}' for w in res.weights)}, threshold {res.threshold})"
     )
 
 

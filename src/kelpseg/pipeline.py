@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from kelpseg import tracking
 from kelpseg.errors import KelpsegError
 from kelpseg.io.atomic import write_json
 from kelpseg.layout import DataLayout
@@ -218,6 +219,8 @@ def run_pipeline(
         summary.outputs["submission"] = str(result.tar)
         summary.outputs["previews"] = str(result.folder / "previews")
         summary.scores["ensemble_threshold"] = result.threshold
+        summary.outputs["ensemble weights (per fold)"] = ", ".join(f"{w:.3f}" for w in result.weights)
+        summary.outputs["MLflow runs"] = tracking.ui_command_for_run(run_dirs[0]) or "tracking off"
 
     if layout.truth_test_masks.exists():
         with timer.stage("test score (synthetic truth)"):

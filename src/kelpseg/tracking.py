@@ -16,6 +16,7 @@ its ``--default-artifact-root`` says.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kelpseg.errors import KelpsegError
+from kelpseg.layout import RunLayout
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 500
@@ -53,6 +55,15 @@ def ui_command(uri: str) -> str:
     if is_server(uri):
         return f"open {uri} in a browser (the MLflow tracking server)"
     return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def ui_command_for_run(run_dir: str | Path) -> str | None:
+    """:func:`ui_command` for the store a training run logged to (its ``mlflow.json``), if any."""
+    path = RunLayout(run_dir).mlflow
+    if not path.is_file():
+        return None
+    uri = json.loads(path.read_text()).get("tracking_uri")
+    return ui_command(uri) if uri else None
 
 
 def client(uri: str) -> Any:

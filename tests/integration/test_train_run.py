@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import kelpseg
-
 from builders import prepared_synthetic, tiny_train_config
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.layout import DataLayout

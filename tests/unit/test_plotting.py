@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from builders import write_dataset
+from kelpseg import plotting as kelpseg_plotting
 from kelpseg.bands import BANDS, FILL_VALUE, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.io.catalog import load_catalog
@@ -100,9 +101,9 @@ def test_plot_samples_writes_composites_and_panels(layout) -> None:
     assert dem_png[:20].max() == 0  # nodata rows black
     assert dem_png[20:].std() > 40  # real relief spread over the grey range, not flat
     with Image.open(layout.plots_dir / f"{TRAIN[0]}_plot.png") as train_fig:
-        assert train_fig.size == (1000, 170)  # 20 x 3.4 in at 50 dpi, 7 panels (mask included)
+        assert train_fig.size == (660, 350)  # 4 x 3.3 in by 7 in at 50 dpi: two rows, mask column
     with Image.open(layout.plots_dir / f"{TEST[0]}_plot.png") as test_fig:
-        assert test_fig.size[0] < 1000  # no mask panel for a test tile
+        assert test_fig.size == (495, 350)  # no mask column for a test tile
     assert not list(layout.plots_dir.glob(".*"))  # no temporary files left behind
 
 
@@ -134,10 +135,53 @@ def test_panel_figure_mask_overlay() -> None:
     mask = np.zeros((40, 40), np.uint8)
     mask[5:10, 5:10] = 1
     fig = plotting.panel_figure(tile, mask, title="t")
-    axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes][-1] == "Kelp mask (25 px)"
-    overlay = axes[-1].get_images()[-1].get_array()
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert "Kelp mask (25 px = 2.2 ha)" in axes  # 25 px of 30 m x 30 m
+    overlay = axes["Kelp mask (25 px = 2.2 ha)"].get_images()[-1].get_array()
     assert overlay.shape == (40, 40, 4)
     assert (overlay[..., 3] > 0).sum() == 25
     no_mask = plotting.panel_figure(tile)
     assert len([ax for ax in no_mask.axes if ax.get_title()]) == 6
+
+
+def test_panel_figure_has_two_rows_ndvi_from_reflectance_and_a_dem_in_metres() -> None:
+    rng = np.random.default_rng(2)
+    tile = rng.uniform(7000, 12000, size=(7, 60, 60)).astype(np.float32)
+    tile[5] = 0
+    tile[6] = rng.uniform(-5, 80, size=(60, 60))
+    fig = plotting.panel_figure(tile)
+    rows = {round(ax.get_position().y0, 2) for ax in fig.axes if ax.get_title()}
+    assert len(rows) == 2
+    titled = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    ndvi_ax = titled["NDVI (reflectance, 2-98% stretch)"]
+    shown = ndvi_ax.get_images()[0]
+    vmin, vmax = shown.get_clim()
+    expected = kelpseg_plotting.ndvi_reflectance(tile)
+    assert vmin == pytest.approx(np.percentile(expected, 2), abs=1e-5)
+    assert vmax == pytest.approx(np.percentile(expected, 98), abs=1e-5)
+    dem_ax = next(t for t in titled if t.startswith("Elevation (m"))
+    assert titled[dem_ax].get_images()[0].get_clim() == pytest.approx(
+        (tile[6].min(), tile[6].max()), abs=1e-3
+    )
+    assert any(t.get_text() == "1 km" for t in titled["True colour (R,G,B)"].texts)  # scale bar
+
+
+def test_reflectance_and_ndvi_follow_the_level2_scaling() -> None:
+    dn = np.array([[7273.0, 40000.0, -32768.0]], dtype=np.float32)
+    refl = kelpseg_plotting.reflectance(dn)
+    assert refl[0, 0] == pytest.approx(7273 * 2.75e-5 - 0.2, abs=1e-6)
+    assert refl[0, 1] == pytest.approx(0.9, abs=1e-6) and np.isnan(refl[0, 2])
+    tile = np.zeros((7, 1, 1), np.float32)
+    tile[BANDS.index("NIR")] = (0.3 + 0.2) / 2.75e-5
+    tile[BANDS.index("R")] = (0.1 + 0.2) / 2.75e-5
+    assert kelpseg_plotting.ndvi_reflectance(tile)[0, 0] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_outcome_overlay_colours_tp_fp_fn() -> None:
+    pred = np.array([[1, 1, 0, 0]], bool)
+    truth = np.array([[1, 0, 1, 0]], bool)
+    out = kelpseg_plotting.outcome_overlay(pred, truth)
+    assert tuple(out[0, 0, :3]) == pytest.approx(kelpseg_plotting.TP_COLOR)
+    assert tuple(out[0, 1, :3]) == pytest.approx(kelpseg_plotting.FP_COLOR)
+    assert tuple(out[0, 2, :3]) == pytest.approx(kelpseg_plotting.FN_COLOR)
+    assert out[0, 3, 3] == 0

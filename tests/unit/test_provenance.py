@@ -22,7 +22,9 @@ def test_collect_names_the_lock_file_and_its_hash(tmp_path: Path, monkeypatch: p
     assert record["lock_file"] == "requirements.lock"
     assert record["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert record["packages"]["torch"] == metadata.version("torch")
-    assert record["packages"]["segmentation-models-pytorch"] == metadata.version("segmentation-models-pytorch")
+    assert record["packages"]["segmentation-models-pytorch"] == metadata.version(
+        "segmentation-models-pytorch"
+    )
     assert set(provenance.KEY_PACKAGES) == set(record["packages"])
 
 

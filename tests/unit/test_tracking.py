@@ -21,7 +21,10 @@ def test_a_server_chooses_its_own_artifact_store(tmp_path: Path, uri: str) -> No
 
 def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.resolve_uri(None, tmp_path / "runs") == f"sqlite:///{(tmp_path / 'runs').resolve()}/mlflow.db"
+    assert (
+        tracking.resolve_uri(None, tmp_path / "runs")
+        == f"sqlite:///{(tmp_path / 'runs').resolve()}/mlflow.db"
+    )
     assert tracking.resolve_uri("http://h:5000", tmp_path) == "http://h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     assert tracking.resolve_uri("http://h:5000", tmp_path) == "sqlite:///x.db"
@@ -35,3 +38,9 @@ def test_ui_command_for_a_local_store_and_a_server(tmp_path: Path) -> None:
     assert tracking.ui_command(spaced) == f"mlflow ui --backend-store-uri '{spaced}'"
     assert "http://h:5000" in tracking.ui_command("http://h:5000")
     assert "mlflow ui" not in tracking.ui_command("http://h:5000")
+
+
+def test_ui_command_for_a_run_reads_its_mlflow_file(tmp_path: Path) -> None:
+    assert tracking.ui_command_for_run(tmp_path) is None  # tracking was off
+    (tmp_path / "mlflow.json").write_text('{"tracking_uri": "sqlite:////r/mlflow.db", "run_id": "1"}')
+    assert tracking.ui_command_for_run(tmp_path) == "mlflow ui --backend-store-uri sqlite:////r/mlflow.db"

@@ -679,15 +679,10 @@ def generate_dataset(
 
 
 def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Joint 2-98 percentile stretch of (3, H, W) over ``valid`` pixels; NaN (gaps) become black."""
-    values = rgb[:, valid]
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return np.zeros((*rgb.shape[1:], 3))
-    lo, hi = np.percentile(values, [2, 98])
-    hi = max(hi, lo + _MIN_STRETCH_DN)  # a water-only tile stays dark instead of being blown up
-    out = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
-    return np.nan_to_num(np.moveaxis(out, 0, -1), nan=0.0)
+    """Joint 2-98 percentile stretch; a water-only tile stays dark instead of being blown up."""
+    from kelpseg.plotting import joint_stretch
+
+    return joint_stretch(rgb, valid, min_range=_MIN_STRETCH_DN)
 
 
 def _spread_over_aois(layout: DataLayout, tile_ids: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kelpseg.errors import KelpsegError
-from kelpseg.infer.previews import write_prediction_previews
+from kelpseg.infer.previews import most_predicted_kelp, write_prediction_previews
 from kelpseg.io.tiles import write_geotiff, write_mask, write_probability
 
 S = 350
@@ -51,3 +51,19 @@ def test_previews_written_for_labels_and_probabilities(tmp_path: Path) -> None:
     write_mask(tmp_path / "pred" / "D4_kelp.tif", np.zeros((S, S), np.uint8))
     with pytest.raises(KelpsegError, match=r"no image for tile\(s\) D4"):
         write_prediction_previews(tmp_path / "img", tmp_path / "pred", tmp_path / "out", tile_ids=["D4"])
+
+
+def test_default_previews_are_the_tiles_with_most_predicted_kelp(tmp_path: Path) -> None:
+    sizes = {"A1": 5, "B2": 40, "C3": 0, "D4": 20}
+    for i, (tid, k) in enumerate(sizes.items()):
+        write_geotiff(tmp_path / "img" / f"{tid}_satellite.tif", _tile(i), "int16")
+        m = np.zeros((S, S), np.uint8)
+        m[:k, :k] = 1
+        write_mask(tmp_path / "pred" / f"{tid}_kelp.tif", m)
+    paths = write_prediction_previews(
+        tmp_path / "img", tmp_path / "pred", tmp_path / "out", n=2, progress=False
+    )
+    assert [p.name for p in paths] == ["B2_preview.png", "D4_preview.png"]
+    preds = {t: tmp_path / "pred" / f"{t}_kelp.tif" for t in sizes}
+    assert most_predicted_kelp(preds, 3) == ["B2", "D4", "A1"]
+    assert most_predicted_kelp(preds, 0) == []

@@ -96,6 +96,20 @@ def test_preview_tiles_are_fixed_and_kelp_first() -> None:
     assert choose_preview_tiles(frame.drop(columns="kelp_pixels"), 2) == ["A", "B"]
 
 
+def test_preview_tiles_are_one_per_aoi_kelp_richest_first() -> None:
+    frame = pd.DataFrame(
+        {
+            "tile_id": ["A1", "A2", "B1", "B2", "C1"],
+            "aoi_id": ["a", "a", "b", "b", "c"],
+            "kelp_pixels": [10, 900, 0, 30, 50],
+        }
+    )
+    assert choose_preview_tiles(frame, 3) == ["A2", "C1", "B2"]
+    assert choose_preview_tiles(frame, 2) == ["A2", "C1"]
+    assert choose_preview_tiles(frame, 5)[:3] == ["A2", "C1", "B2"]  # more than AOIs: filled up
+    assert len(set(choose_preview_tiles(frame, 5))) == 5
+
+
 def test_preview_png_is_written(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     raw = rng.uniform(5000, 12000, size=(2, 7, 40, 40)).astype(np.float32)

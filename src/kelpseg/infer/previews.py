@@ -1,9 +1,10 @@
 """PNG previews of predictions: the true-colour tile with predicted kelp drawn over it.
 
 One figure per tile, ``<out_dir>/<tile_id>_preview.png``: the true-colour composite, the same
-with the predicted kelp filled in red (and the ground-truth outline in cyan when a
+with the predicted kelp filled in pink (and the ground-truth outline in cyan when a
 ground-truth folder is given, with the tile's Dice in the title), and, for probability
-predictions, the probability map.
+predictions, the probability map. By default the tiles with the most predicted kelp are shown:
+they are the ones worth checking.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from kelpseg.io.atomic import save_figure
 from kelpseg.io.tiles import read_mask, read_tile
 from kelpseg.layout import image_name, mask_name
 from kelpseg.parallel import pmap
-from kelpseg.prep.plotting import COMPOSITES, MASK_ALPHA, MASK_COLOR, composite
-
-TRUTH_COLOR = "cyan"
+from kelpseg.plotting import COMPOSITES, PIXEL_HECTARES, PRED_COLOR, TRUTH_COLOR, composite, mask_overlay
 
 
 def preview_figure(
@@ -49,16 +48,14 @@ def preview_figure(
     axes = fig.subplots(1, n_panels)
     axes[0].imshow(rgb)
     axes[0].set_title("True colour (R,G,B)", fontsize=9)
-    overlay = np.zeros((*labels.shape, 4), dtype=np.float32)
-    overlay[labels] = (*MASK_COLOR, MASK_ALPHA)
     axes[1].imshow(rgb)
-    axes[1].imshow(overlay)
-    caption = f"Predicted kelp ({int(labels.sum())} px)"
+    axes[1].imshow(mask_overlay(labels, PRED_COLOR, 0.75))
+    caption = f"Predicted kelp, pink ({int(labels.sum())} px = {labels.sum() * PIXEL_HECTARES:.1f} ha)"
     if truth is not None:
         if truth.any():
             axes[1].contour(truth.astype(np.float32), levels=[0.5], colors=TRUTH_COLOR, linewidths=0.8)
         dice = ConfusionCounts.from_arrays(labels, truth).scores()["dice"]
-        caption += f"; truth outline ({int(truth.sum())} px); Dice {dice:.3f}"
+        caption += f"\ntruth outline, cyan ({int(truth.sum())} px); Dice {dice:.3f}"
     axes[1].set_title(caption, fontsize=9)
     if soft:
         im = axes[2].imshow(pred, cmap="magma", vmin=0, vmax=1)
@@ -72,6 +69,14 @@ def preview_figure(
     return fig
 
 
+def most_predicted_kelp(preds: dict[str, Path], n: int, threshold: float = 0.5) -> list[str]:
+    """The ``n`` tile ids with the most predicted kelp pixels (ties by id)."""
+    if n <= 0:
+        return []
+    counts = {t: int(prediction_to_labels(read_prediction(p), threshold).sum()) for t, p in preds.items()}
+    return sorted(counts, key=lambda t: (-counts[t], t))[:n]
+
+
 def write_prediction_previews(
     image_dir: str | Path,
     preds_dir: str | Path,
@@ -83,7 +88,7 @@ def write_prediction_previews(
     dpi: int = 100,
     progress: bool = True,
 ) -> list[Path]:
-    """Write a preview PNG for ``tile_ids`` (default: the first ``n`` predicted tiles by id).
+    """Write a preview PNG for ``tile_ids`` (default: the ``n`` tiles with the most predicted kelp).
 
     Images are ``<image_dir>/<tile_id>_satellite.tif``, predictions
     ``<preds_dir>/<tile_id>_kelp.tif`` and, when ``gt_dir`` is given, masks
@@ -91,7 +96,7 @@ def write_prediction_previews(
     """
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     preds = prediction_files(preds_dir)
-    ids = sorted(preds)[: max(n, 0)] if tile_ids is None else list(tile_ids)
+    ids = most_predicted_kelp(preds, n, threshold) if tile_ids is None else list(tile_ids)
     missing = [t for t in ids if t not in preds]
     if missing:
         raise KelpsegError(f"{preds_dir}: no prediction for tile(s) {format_ids(missing)}")

@@ -84,7 +84,18 @@ def _finish(
     progress: bool,
 ) -> SubmissionResult:
     tar = write_submission(preds, layout, folder / "submission.tar")
-    shown = write_prediction_previews(input_dir, preds, folder / "previews", n=previews, progress=progress)
+    truth = layout.truth_test_masks if layout.truth_test_masks.is_dir() else None  # synthetic data
+    if truth is not None and input_dir != layout.test_images:
+        truth = None
+    shown = write_prediction_previews(
+        input_dir,
+        preds,
+        folder / "previews",
+        n=previews,
+        gt_dir=truth,
+        threshold=threshold,
+        progress=progress,
+    )
     write_json(folder / "workflow.json", record)
     n = sum(1 for _ in preds.glob("*_kelp.tif"))
     return SubmissionResult(folder, tar, preds, n, threshold, weights, shown)

@@ -1,9 +1,11 @@
 """Validation previews: one PNG per chosen epoch showing a few fixed validation tiles.
 
-``previews/epoch=<EEE>.png`` has one row per tile and five columns: true colour (R, G, B),
-colour infrared (NIR, R, G), the ground-truth mask, the predicted kelp probability (0 black ..
-1 yellow, viridis) and the predicted mask at the decision threshold. The tiles are chosen once
-(kelp-rich tiles first, then others, by tile id) so that successive epochs can be compared.
+``previews/epoch=<EEE>.png`` has one row per tile and four columns: true colour (R, G, B),
+colour infrared (NIR, R, G), the predicted kelp probability (with a 0-1 colour bar) and the
+prediction at the decision threshold against the ground truth over true colour: true positives
+green, false positives red, false negatives yellow (:mod:`kelpseg.plotting`). The tiles are
+chosen once, one per area of interest where the table says (the tile with the most kelp of each
+AOI, kelp-rich AOIs first), so that successive epochs can be compared and no place repeats.
 """
 
 from __future__ import annotations
@@ -19,25 +21,37 @@ import torch
 
 from kelpseg.bands import BANDS, band_positions
 from kelpseg.io.atomic import save_figure
-from kelpseg.prep.plotting import composite
+from kelpseg.plotting import composite, hide_ticks, outcome_legend, outcome_overlay
 
 COLUMNS = (
     "true colour (R,G,B)",
     "colour infrared (NIR,R,G)",
-    "ground truth",
     "kelp probability",
-    "prediction",
+    "prediction vs truth",
 )
 
 
 def choose_preview_tiles(frame: pd.DataFrame, n: int) -> list[str]:
-    """``n`` fixed validation tile ids: tiles with the most kelp first (half), then the rest by id."""
+    """``n`` fixed validation tile ids.
+
+    With an ``aoi_id`` column: one tile per AOI (its tile with the most kelp, then the smallest
+    id), AOIs with the most kelp first. Without one: tiles with the most kelp first (half), then
+    the rest by id.
+    """
     if n <= 0 or frame.empty:
         return []
     ids = frame["tile_id"].astype(str)
+    kelp = frame["kelp_pixels"] if "kelp_pixels" in frame.columns else pd.Series(0, index=frame.index)
+    if "aoi_id" in frame.columns and frame["aoi_id"].notna().any():
+        table = pd.DataFrame({"_id": ids, "kelp": kelp, "aoi": frame["aoi_id"].astype(str)})
+        table = table.sort_values(["kelp", "_id"], ascending=[False, True])
+        per_aoi = table.drop_duplicates("aoi")
+        chosen = per_aoi["_id"].tolist()[:n]
+        rest = [t for t in table["_id"] if t not in chosen]  # fewer AOIs than n: fill up
+        return chosen + rest[: n - len(chosen)]
     if "kelp_pixels" in frame.columns:
-        kelp = frame.assign(_id=ids).sort_values(["kelp_pixels", "_id"], ascending=[False, True])
-        with_kelp = kelp.loc[kelp["kelp_pixels"] > 0, "_id"].tolist()[: max(1, n // 2 + n % 2)]
+        ordered = frame.assign(_id=ids).sort_values(["kelp_pixels", "_id"], ascending=[False, True])
+        with_kelp = ordered.loc[ordered["kelp_pixels"] > 0, "_id"].tolist()[: max(1, n // 2 + n % 2)]
     else:
         with_kelp = []
     rest = [t for t in sorted(ids) if t not in with_kelp]
@@ -60,23 +74,26 @@ def preview_figure(
 
     positions = band_positions(BANDS)
     n = len(tile_ids)
-    fig, axes = plt.subplots(n, len(COLUMNS), figsize=(2.6 * len(COLUMNS), 2.6 * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        n, len(COLUMNS), figsize=(2.8 * len(COLUMNS) + 0.4, 2.6 * n + 0.5), squeeze=False
+    )
     for row, tile_id in enumerate(tile_ids):
-        panels = [
-            (composite(raw[row], ("R", "G", "B"), positions), {}),
-            (composite(raw[row], ("NIR", "R", "G"), positions), {}),
-            (masks[row], {"cmap": "gray", "vmin": 0, "vmax": 1}),
-            (probs[row], {"cmap": "viridis", "vmin": 0, "vmax": 1}),
-            ((probs[row] >= threshold).astype(np.uint8), {"cmap": "gray", "vmin": 0, "vmax": 1}),
-        ]
-        for col, (image, kwargs) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(image, interpolation="nearest", **kwargs)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(COLUMNS[col], fontsize=8)
+        rgb = composite(raw[row], ("R", "G", "B"), positions)
+        axes[row, 0].imshow(rgb, interpolation="nearest")
+        axes[row, 1].imshow(composite(raw[row], ("NIR", "R", "G"), positions), interpolation="nearest")
+        im = axes[row, 2].imshow(probs[row], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(im, ax=axes[row, 2], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        pred, truth = probs[row] >= threshold, masks[row].astype(bool)
+        axes[row, 3].imshow(rgb, interpolation="nearest")
+        axes[row, 3].imshow(outcome_overlay(pred, truth), interpolation="nearest")
+        tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+        axes[row, 3].set_xlabel(f"TP {tp}  FP {fp}  FN {fn} px", fontsize=7)
         axes[row, 0].set_ylabel(tile_id, fontsize=8)
+    for col, name in enumerate(COLUMNS):
+        label = f"{name} (threshold {threshold:g})" if col == 3 else name
+        axes[0, col].set_title(label, fontsize=8)
+    outcome_legend(axes[0, 3], fontsize=6)
+    hide_ticks(axes)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

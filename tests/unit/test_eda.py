@@ -15,7 +15,18 @@ from kelpseg.io.atomic import write_parquet
 from kelpseg.io.metadata import write_metadata
 from kelpseg.io.tiles import write_geotiff
 from kelpseg.layout import DataLayout
-from kelpseg.prep.eda import PLOTS, STATS_COLUMNS, compute_tile_stats, run_eda, tile_stats, tiles_with_aoi
+from kelpseg.prep.eda import (
+    PLOTS,
+    STATS_COLUMNS,
+    _overview,
+    _plain,
+    compute_tile_stats,
+    gallery_tiles,
+    render_html,
+    run_eda,
+    tile_stats,
+    tiles_with_aoi,
+)
 
 S = TILE_SIZE
 
@@ -158,7 +169,8 @@ def test_outputs_exist_and_tables(eda) -> None:
         "qa_issues_proportion",
         "kelp_presence_proportion",
     }
-    assert set(result.plots) == set(PLOTS)
+    assert set(result.plots) == {*PLOTS, "gallery"}
+    assert "corr_matrix" not in result.plots  # shares against their own flags: tautological
     splits = pd.read_parquet(result.tables["split_distribution"]).set_index("split")
     assert splits.loc["train", "tiles"] == 3 and splits.loc["test", "tiles"] == 2
     qa = pd.read_parquet(result.tables["qa_issues_proportion"]).set_index(["split", "qa_ok"])
@@ -176,7 +188,8 @@ def test_outputs_exist_and_tables(eda) -> None:
 def test_html_is_self_contained(eda) -> None:
     _, result, _, _ = eda
     text = result.html_path.read_text()
-    assert text.count("data:image/png;base64,") == len(PLOTS)
+    assert text.count("data:image/png;base64,") == len(PLOTS) + 1  # and the gallery
+    assert "Synthetic data." not in text  # no truth/ folder beside raw/ here
     assert "<table" in text and "Overview" in text
     assert "AA000003" in text  # the nodata tile is named
     assert 'src="http' not in text and "src='http" not in text
@@ -214,3 +227,58 @@ def test_refuses_stale_aoi_table(tmp_path: Path) -> None:
     write_parquet(layout.aoi_table, aoi[aoi["tile_id"] != "BB000002"])
     with pytest.raises(StageNotRunError, match=r"no aoi_id for 1 tile.*BB000002.*make aoi-grouping"):
         run_eda(layout, workers=1, progress=False)
+
+
+def _stats_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "tile_id": ["T1", "T2", "T3", "T4", "T5", "X1"],
+            "aoi_id": [1, 2, 3, 4, 5, 6],
+            "split": ["train"] * 5 + ["test"],
+            "kelp_pixels": [1000.0, 10.0, 0.0, 300.0, 0.0, np.nan],
+            "has_kelp": [True, True, False, True, False, None],
+            "high_kelp_pixels_pct": [False] * 5 + [None],
+            "qa_corrupted_pixels": [0, 50, 9000, 0, 20, 99999],
+            "qa_ok": [True, False, False, True, False, False],
+            "dem_has_nans": [False] * 6,
+            "almost_all_water": [False] * 6,
+        }
+    )
+
+
+def test_gallery_picks_most_median_none_and_cloudiest() -> None:
+    assert gallery_tiles(_stats_frame()) == {
+        "most kelp": "T1",
+        "median kelp": "T4",  # median of 1000, 10, 300
+        "no kelp": "T5",  # the clearer of the two tiles without kelp
+        "cloudiest": "T3",  # test tiles are not candidates
+    }
+    assert gallery_tiles(_stats_frame().query("split == 'test'")) == {}
+
+
+def test_overview_gives_hectares_and_percent() -> None:
+    rows = dict(_overview(_stats_frame(), []).itertuples(index=False))
+    assert rows["train tiles with kelp (%)"] == 60.0
+    assert rows["kelp area per train tile: mean (ha)"] == pytest.approx(1310 / 5 * 0.09, abs=0.005)
+    assert rows["kelp area per train tile: median (ha)"] == pytest.approx(10 * 0.09)
+    assert rows["kelp area of all train tiles (ha)"] == pytest.approx(117.9)
+    assert rows["kelp share of train pixels (%)"] == pytest.approx(round(100 * 1310 / (5 * 350 * 350), 3))
+
+
+def test_plain_labels_in_the_tables() -> None:
+    table = pd.DataFrame(
+        {"split": ["train", "train"], "qa_ok": [False, True], "tiles": [2, 1], "share": [2 / 3, 1 / 3]}
+    )
+    plain = _plain(table)
+    assert list(plain.columns) == ["split", "no cloud / bad pixel", "tiles", "share (%)"]
+    assert plain["no cloud / bad pixel"].tolist() == ["no", "yes"]
+    assert plain["share (%)"].tolist() == [66.7, 33.3]
+
+
+def test_synthetic_data_is_announced(eda) -> None:
+    _, result, _, _ = eda
+    stats = pd.read_parquet(result.stats_path)
+    page = render_html(
+        stats, {k: pd.read_parquet(v) for k, v in result.tables.items()}, {}, [], synthetic=True
+    )
+    assert "Synthetic data." in page and "kelpseg synth" in page

@@ -40,6 +40,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,9 +49,10 @@ from kelpseg.bands import BAND_INDEX, FILL_VALUE, SPECTRAL_BANDS, TILE_PIXELS
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.io.atomic import save_figure, write_parquet, write_text
 from kelpseg.io.catalog import load_catalog
-from kelpseg.io.tiles import read_mask, read_raw_tile
+from kelpseg.io.tiles import read_mask, read_raw_tile, read_tile
 from kelpseg.layout import DataLayout
 from kelpseg.parallel import pmap
+from kelpseg.plotting import PIXEL_HECTARES
 
 log = logging.getLogger(__name__)
 
@@ -443,18 +445,24 @@ PLOTS = {
         "Tiles per area of interest (AOI group of near-duplicate tiles). Cross-validation keeps each AOI "
         "in one fold, so large AOIs limit how balanced folds can be.",
     ),
-    "corr_matrix": (
-        _plot_corr,
-        "Pearson correlation between the per-tile shares and flags of the training tiles (flags as 0/1; "
-        "the pixel counts are left out, each being its share times 350×350).",
-    ),
 }
+
+
+def _integer_counts(fig: Any) -> None:
+    """Whole-number ticks on every axis that counts tiles or pixels (a linear one)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        for axis, label in ((ax.yaxis, ax.get_ylabel()), (ax.xaxis, ax.get_xlabel())):
+            if axis.get_scale() == "linear" and any(w in label.lower() for w in ("tiles", "count", "number")):
+                axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def write_plots(stats: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     plots = {}
     for stem, (builder, _) in PLOTS.items():
         fig = builder(stats)
+        _integer_counts(fig)
         plots[stem] = save_figure(out_dir / f"{stem}.png", fig, dpi=110)
     return plots
 
@@ -471,18 +479,95 @@ figure { margin: 1.5em 0; } img { max-width: 100%; } figcaption { color: #555; m
 """
 
 
+def gallery_tiles(stats: pd.DataFrame) -> dict[str, str]:
+    """Training tiles worth looking at: the most kelp, a median kelp tile, one without kelp, the cloudiest.
+
+    "median": the tile whose kelp area is the median of the tiles with kelp; "no kelp": the
+    clearest tile without kelp. A label is left out when no tile fits it; ties go to the smallest id.
+    """
+    train = stats[stats["split"] == "train"].sort_values("tile_id")
+    if train.empty:
+        return {}
+    kelp = train["kelp_pixels"].astype(float)
+    out: dict[str, str] = {}
+    with_kelp = train[kelp > 0]
+    if not with_kelp.empty:
+        k = with_kelp["kelp_pixels"].astype(float)
+        out["most kelp"] = str(with_kelp.loc[k.idxmax(), "tile_id"])
+        median = float(np.median(k))
+        out["median kelp"] = str(with_kelp.loc[(k - median).abs().idxmin(), "tile_id"])
+    without = train[kelp == 0]
+    if not without.empty:
+        out["no kelp"] = str(without.loc[without["qa_corrupted_pixels"].astype(float).idxmin(), "tile_id"])
+    cloudy = train["qa_corrupted_pixels"].astype(float)
+    if cloudy.max() > 0:
+        out["cloudiest"] = str(train.loc[cloudy.idxmax(), "tile_id"])
+    return out
+
+
+def gallery_figure(tiles: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Any:
+    """One column per gallery tile: true colour, and the same with the kelp mask overlaid."""
+    from matplotlib.figure import Figure
+
+    from kelpseg.plotting import add_scale_bar, hide_ticks, mask_overlay, tile_composites
+
+    fig = Figure(figsize=(3.0 * max(len(tiles), 1), 6.4), layout="constrained")
+    axes = fig.subplots(2, max(len(tiles), 1), squeeze=False)
+    for col, (label, (tile, mask)) in enumerate(tiles.items()):
+        rgb = tile_composites(tile)["tci"]
+        axes[0, col].imshow(rgb, interpolation="nearest")
+        axes[0, col].set_title(label, fontsize=9)
+        add_scale_bar(axes[0, col])
+        axes[1, col].imshow(rgb, interpolation="nearest")
+        if mask is not None:
+            axes[1, col].imshow(mask_overlay(mask), interpolation="nearest")
+            kelp = int(np.asarray(mask).astype(bool).sum())
+            axes[1, col].set_title(
+                f"kelp {kelp * PIXEL_HECTARES:.1f} ha ({kelp / TILE_PIXELS:.1%})", fontsize=9
+            )
+    hide_ticks(axes)
+    return fig
+
+
+def write_gallery(
+    stats: pd.DataFrame, tiles: pd.DataFrame, out_dir: Path
+) -> tuple[Path | None, dict[str, str]]:
+    """``gallery.png`` of :func:`gallery_tiles` (``tiles``: tile_id, image_path, mask_path)."""
+    chosen = gallery_tiles(stats)
+    if not chosen:
+        return None, {}
+    paths = tiles.set_index("tile_id")
+    images = {}
+    for label, tid in chosen.items():
+        mask_path = paths.loc[tid, "mask_path"]
+        mask = read_mask(mask_path) if isinstance(mask_path, str) and Path(mask_path).exists() else None
+        images[f"{label}: {tid}"] = (read_tile(paths.loc[tid, "image_path"]), mask)
+    return save_figure(out_dir / "gallery.png", gallery_figure(images), dpi=90), chosen
+
+
 def _overview(stats: pd.DataFrame, nodata: list[str]) -> pd.DataFrame:
+    """Plain-language facts about the dataset: counts, areas in hectares, shares in %."""
     train = stats[stats["split"] == "train"]
     kelp = train["kelp_pixels"].astype(float)
+    n_train = max(len(train), 1)
     rows = [
         ("train tiles", len(train)),
         ("test tiles", int((stats["split"] == "test").sum())),
         ("AOI groups (all tiles)", stats["aoi_id"].nunique()),
         ("AOI groups (train tiles)", train["aoi_id"].nunique()),
         ("train tiles with kelp", int(train["has_kelp"].astype(bool).sum())),
+        ("train tiles with kelp (%)", round(100 * float(train["has_kelp"].astype(bool).sum()) / n_train, 1)),
+        (
+            "kelp area per train tile: mean (ha)",
+            round(float(kelp.mean()) * PIXEL_HECTARES, 2) if len(kelp) else 0,
+        ),
+        (
+            "kelp area per train tile: median (ha)",
+            round(float(kelp.median()) * PIXEL_HECTARES, 2) if len(kelp) else 0,
+        ),
+        ("kelp area of all train tiles (ha)", round(float(kelp.sum()) * PIXEL_HECTARES, 1)),
+        ("kelp share of train pixels (%)", round(100 * float(kelp.sum()) / (n_train * TILE_PIXELS), 3)),
         ("train tiles with > 40% kelp (dropped by the split)", int(train["high_kelp_pixels_pct"].sum())),
-        ("kelp pixels per train tile: mean", round(float(kelp.mean()), 1) if len(kelp) else 0),
-        ("kelp pixels per train tile: median", float(kelp.median()) if len(kelp) else 0),
         ("tiles with QA-flagged pixels", int((~stats["qa_ok"]).sum())),
         ("tiles with DEM nodata", int(stats["dem_has_nans"].sum())),
         ("almost all water (> 98%)", int(stats["almost_all_water"].sum())),
@@ -500,24 +585,65 @@ def _table_html(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=_number, na_rep="", border=0)
 
 
+#: Plain labels for the summary tables' columns and flag values.
+_LABELS = {
+    "qa_ok": "no cloud / bad pixel",
+    "has_kelp": "kelp present",
+    "tiles": "tiles",
+    "share": "share (%)",
+}
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in ("qa_ok", "has_kelp"):
+        if col in out.columns:
+            out[col] = out[col].map({True: "yes", False: "no"}).fillna(out[col])
+    if "share" in out.columns:
+        out["share"] = (100 * out["share"]).round(1)
+    return out.rename(columns=_LABELS)
+
+
 def render_html(
-    stats: pd.DataFrame, tables: dict[str, pd.DataFrame], plots: dict[str, Path], nodata: list[str]
+    stats: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    plots: dict[str, Path],
+    nodata: list[str],
+    synthetic: bool = False,
+    gallery: Path | None = None,
+    gallery_ids: dict[str, str] | None = None,
 ) -> str:
     """One self-contained page: overview, summary tables and every plot (inlined PNG)."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kelpseg EDA</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Kelp Wanted dataset: exploratory data analysis</h1>",
-        "<p>Per-tile statistics of every tile; shares are fractions of the 350&times;350 pixels. Mask "
-        "fields exist for training tiles only.</p>",
+        "<p>Per-tile statistics of every tile. One pixel is 30 m &times; 30 m = 0.09 ha; a tile is "
+        "350&times;350 pixels (1,102 ha). Kelp fields exist for training tiles only.</p>",
         "<h2>Overview</h2>",
         _table_html(_overview(stats, nodata)),
     ]
+    if synthetic:
+        parts.insert(
+            3,
+            "<p style='background:#fff3cd;padding:0.6em;border:1px solid #e0c060'><b>Synthetic data.</b> "
+            "These tiles were generated by <code>kelpseg synth</code> (a <code>truth/</code> folder lies "
+            "beside <code>raw/</code>); nothing here describes real Landsat scenes.</p>",
+        )
+    if gallery is not None:
+        data = base64.b64encode(gallery.read_bytes()).decode("ascii")
+        ids = ", ".join(f"{k}: {v}" for k, v in (gallery_ids or {}).items())
+        parts.append(
+            "<h2>Gallery</h2><figure id='gallery'>"
+            f"<img alt='gallery' src='data:image/png;base64,{data}'><figcaption>Training tiles with the "
+            f"most kelp, the median kelp area, no kelp and the most cloud ({html.escape(ids)}); bottom row: "
+            "the kelp mask in cyan.</figcaption></figure>"
+        )
     if nodata:
         parts.append(f"<p><b>Entirely nodata tiles:</b> {html.escape(', '.join(nodata))}</p>")
-    parts += ["<h2>Tiles per split</h2>", _table_html(tables["split_distribution"])]
-    parts += ["<h2>QA status per split</h2>", _table_html(tables["qa_issues_proportion"])]
-    parts += ["<h2>Kelp presence (train)</h2>", _table_html(tables["kelp_presence_proportion"])]
+    parts += ["<h2>Tiles per split</h2>", _table_html(_plain(tables["split_distribution"]))]
+    parts += ["<h2>Cloud / bad pixels per split</h2>", _table_html(_plain(tables["qa_issues_proportion"]))]
+    parts += ["<h2>Kelp presence (train)</h2>", _table_html(_plain(tables["kelp_presence_proportion"]))]
     parts.append("<h2>Plots</h2>")
     for stem, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -539,13 +665,31 @@ def render_html(
 # --------------------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------------------
-def write_eda_outputs(stats: pd.DataFrame, out_dir: Path, nodata: Sequence[str] = ()) -> EdaResult:
-    """Write every EDA output for an already computed stats table."""
+def write_eda_outputs(
+    stats: pd.DataFrame,
+    out_dir: Path,
+    nodata: Sequence[str] = (),
+    synthetic: bool = False,
+    tiles: pd.DataFrame | None = None,
+) -> EdaResult:
+    """Write every EDA output for an already computed stats table (``tiles``: paths for the gallery)."""
     stats_path = write_parquet(out_dir / "dataset_stats.parquet", stats)
     tables = summary_tables(stats)
     table_paths = {stem: write_parquet(out_dir / f"{stem}.parquet", df) for stem, df in tables.items()}
     plots = write_plots(stats, out_dir)
-    html_path = write_text(out_dir / "eda.html", render_html(stats, tables, plots, list(nodata)))
+    gallery, gallery_ids = write_gallery(stats, tiles, out_dir) if tiles is not None else (None, {})
+    if gallery is not None:
+        plots = {"gallery": gallery, **plots}
+    page = render_html(
+        stats,
+        tables,
+        {k: v for k, v in plots.items() if k != "gallery"},
+        list(nodata),
+        synthetic,
+        gallery,
+        gallery_ids,
+    )
+    html_path = write_text(out_dir / "eda.html", page)
     return EdaResult(stats_path, table_paths, plots, html_path, len(stats), list(nodata))
 
 
@@ -558,4 +702,5 @@ def run_eda(layout: DataLayout, workers: int = 2, progress: bool = True) -> EdaR
     stats, nodata = compute_tile_stats(tiles, workers=workers, progress=progress)
     if nodata:
         log.warning("%d tile(s) entirely nodata (kept in the stats): %s", len(nodata), ", ".join(nodata))
-    return write_eda_outputs(stats, layout.eda_dir, nodata)
+    synthetic = layout.truth.is_dir()  # kelpseg.synthetic writes truth/ beside raw/
+    return write_eda_outputs(stats, layout.eda_dir, nodata, synthetic=synthetic, tiles=tiles)

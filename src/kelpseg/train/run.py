@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from kelpseg.errors import Interrupted, KelpsegError
+from kelpseg.errors import Interrupted, KelpsegError, WriteError
 from kelpseg.io.atomic import atomic_path, write_json
 from kelpseg.layout import DataLayout, RunLayout
 from kelpseg.train.config import TrainConfig
@@ -116,7 +116,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+            except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+                if "write" not in str(exc).lower():
+                    raise
+                free = shutil.disk_usage(Path(path).parent).free
+                raise WriteError(
+                    f"cannot write {path}: the checkpoint write failed ({free / 2**20:.1f} MiB free)"
+                ) from None
 
 
 def _fmt(value: Any) -> str:
@@ -452,15 +460,19 @@ def _fit(
     finally:
         if own_env:
             os.environ.pop(RUN_DIR_ENV, None)
+        summary = None
         if trainer.is_global_zero:
-            summary = _summary(
-                run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
-            )
-            if logger is not None:
-                best = RunLayout(run_dir).best_checkpoint
-                _log_artifacts(logger, run_dir, best if status == "finished" else None)
-                if summary["best_score"] is not None:
-                    logger.log_metrics({"best_score": summary["best_score"]})
+            try:
+                summary = _summary(
+                    run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
+                )
+            except OSError as exc:  # e.g. the full disk that stopped the run: keep its error
+                log.warning("%s: summary not written (%s)", RunLayout(run_dir).summary, exc)
+        if summary is not None and logger is not None:
+            best = RunLayout(run_dir).best_checkpoint
+            _log_artifacts(logger, run_dir, best if status == "finished" else None)
+            if summary["best_score"] is not None:
+                logger.log_metrics({"best_score": summary["best_score"]})
     return run_dir
 
 

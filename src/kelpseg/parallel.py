@@ -69,13 +69,18 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def adopt_worker_policy(watchdog_thread: bool = True) -> None:
+#: Set for the fork server: the pid of the process that starts it (its parent may die first).
+PARENT_PID_ENV = "KELPSEG_FORKSERVER_PARENT"
+
+
+def adopt_worker_policy(watchdog_thread: bool = True, parent: int | None = None) -> None:
     """Make this (worker) process die with its parent and leave Ctrl-C to the main process.
 
-    ``watchdog_thread``: where the parent-death signal is unavailable, poll the parent pid in a
-    daemon thread instead (not in the fork server: it must stay single-threaded to fork).
+    ``parent``: the pid the parent must have (default: the current parent). ``watchdog_thread``:
+    where the parent-death signal is unavailable, poll the parent pid in a daemon thread instead
+    (not in the fork server: it must stay single-threaded to fork).
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _set_parent_death_signal():
         if os.getppid() != parent:  # the parent died before the request took effect
@@ -93,7 +98,8 @@ def _after_fork_in_server_child() -> None:
 
 def install_in_fork_server() -> None:
     """Run inside the fork server (its first preload): the policy for it and for every child it forks."""
-    adopt_worker_policy(watchdog_thread=False)
+    expected = os.environ.pop(PARENT_PID_ENV, "")
+    adopt_worker_policy(watchdog_thread=False, parent=int(expected) if expected.isdigit() else None)
     os.register_at_fork(after_in_child=_after_fork_in_server_child)
 
 
@@ -135,7 +141,38 @@ def process_context() -> BaseContext:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # no effect once the server runs
+    _start_fork_server()
     return ctx
+
+
+def _start_fork_server() -> None:
+    """Start the fork server (and resource tracker) from the main thread with SIGINT ignored.
+
+    Both inherit the ignored SIGINT through exec, so a Ctrl-C during their first seconds of
+    imports no longer prints their tracebacks (the fork server's own handler starts only after
+    its preload). From the main thread, because the parent-death signal of the server follows
+    the thread that started it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    saved = {k: os.environ.get(k) for k in (PARENT_PID_ENV, "PYTHONWARNINGS")}
+    os.environ[PARENT_PID_ENV] = str(os.getpid())
+    # After Ctrl-C this process ends at once (kelpseg.errors.exit_for_failure); the tracker then
+    # frees the pools' semaphores itself — its warning about them is noise on the user's terminal.
+    warn = "ignore:resource_tracker:UserWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved["PYTHONWARNINGS"], warn]))
+    try:
+        forkserver.ensure_running()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        signal.signal(signal.SIGINT, previous)
 
 
 def pmap(

@@ -331,7 +331,7 @@ def test_sigkill_of_synth_leaves_no_writer_and_no_complete_looking_dataset(tmp_p
     assert len(list(data.rglob("*.tif"))) == n_files  # nobody is still writing
     check = cli("check-data", "-d", data, "--quiet")
     assert check.returncode != 0 and "incomplete" in check.stdout and "synth" in check.stdout
-    assert_one_line_error(cli("eda", "-d", data, "--quiet"), "incomplete")
+    assert_one_line_error(cli("aoi-grouping", "-d", data, "--quiet"), "incomplete")
     again = cli("synth", "-d", data, "--n-train", "6", "--n-test", "2", "--quiet")
     assert again.returncode == 0, again.stderr
     assert cli("check-data", "-d", data, "--quiet").returncode == 0
@@ -409,7 +409,6 @@ def test_killed_eda_is_refused_downstream_and_temps_are_cleaned(prepared: DataLa
     while not (layout.eda_dir / ".kelpseg-incomplete.json").exists():
         assert proc.poll() is None
         time.sleep(0.02)
-    wait_for_processes(proc, 4)
     assert sigkill_leaves_nothing(proc) == []
     line = assert_one_line_error(cli("split", "-d", layout.root, "-k", "3"), str(layout.eda_dir))
     assert "kelpseg eda" in line

@@ -84,9 +84,9 @@ def load_metadata(path: str | Path) -> pd.DataFrame:
     for folder in (path.parent, path.parent.parent):
         if folder.is_file():
             raise MetadataError(f"{folder}: is a file, expected a directory (the data directory holds raw/)")
+    require_complete(path.parent, "dataset")  # first: an interrupted synth writes the CSV last
     if not path.exists():
         raise MetadataError(f"{path}: metadata CSV not found")
-    require_complete(path.parent, "dataset")
     try:
         df = pd.read_csv(path, dtype={"tile_id": str, "filename": str, "md5_hash": str, "type": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kelpseg import tracking
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import KelpsegError, exit_for_failure, raise_interrupted_on_sigint
 from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout, RunLayout
 
 if TYPE_CHECKING:
@@ -702,12 +702,15 @@ def quiet_libraries() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages."""
+    raise_interrupted_on_sigint()
     quiet_libraries()
     try:
         app()
     except KelpsegError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except BaseException as exc:  # OS errors, Ctrl-C: one line (kelpseg.errors); bugs re-raised
+        exit_for_failure(exc)
 
 
 if __name__ == "__main__":

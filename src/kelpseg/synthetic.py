@@ -53,7 +53,7 @@ import shutil
 import string
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -61,15 +61,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import rasterio
 from scipy import ndimage
 
 from kelpseg.bands import BAND_INDEX, FILL_VALUE, SPECTRAL_BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError
-from kelpseg.io.atomic import atomic_path, save_figure
+from kelpseg.io.atomic import INCOMPLETE_MARKER, atomic_path, save_figure, stage_outputs
 from kelpseg.io.metadata import KELP, SATELLITE, load_metadata, write_metadata
-from kelpseg.io.tiles import read_mask, read_tile
+from kelpseg.io.tiles import read_mask, read_tile, write_geotiff
 from kelpseg.layout import DataLayout, image_name, mask_name, tile_id_from_path
+from kelpseg.parallel import abandon_pool, process_pool
 
 #: Landsat C2 L2 scale: DN = ZERO_DN + reflectance / REFLECTANCE_SCALE.
 ZERO_DN = 7273.0
@@ -505,18 +505,7 @@ def _render(
 def _write_tif(path: Path, array: np.ndarray) -> None:
     """Deflate GeoTIFF without CRS, atomically. zlevel 1: ~1.5x faster than the default level 6,
     and on noisy int16 reflectance barely larger."""
-    data = array[None] if array.ndim == 2 else array
-    profile = {
-        "driver": "GTiff",
-        "height": data.shape[1],
-        "width": data.shape[2],
-        "count": data.shape[0],
-        "dtype": str(data.dtype),
-        "compress": "deflate",
-        "zlevel": 1,
-    }
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data)
+    write_geotiff(path, array, str(array.dtype), zlevel=1)
 
 
 def _file_facts(path: Path) -> tuple[str, int]:
@@ -561,24 +550,40 @@ def _run(root: Path, aois: list[_AoiSpec], cfg: SynthConfig, workers: int, progr
                 bar.update(len(records))
                 yield from records
             return
-        with ProcessPoolExecutor(max_workers=min(workers, len(aois))) as pool:
+        pool = process_pool(min(workers, len(aois)))
+        try:
             futures = [pool.submit(_generate_aoi, str(root), aoi, cfg) for aoi in ordered]
             for fut in as_completed(futures):
                 records = fut.result()
                 bar.update(len(records))
                 yield from records
+        except BaseException:
+            abandon_pool(pool)
+            raise
+        pool.shutdown()
 
 
-def _prepare_dir(layout: DataLayout, overwrite: bool) -> None:
+def _check_overwrite(layout: DataLayout, overwrite: bool) -> None:
+    """Refuse to replace tiles unless asked to (or they are an interrupted synth's partial output)."""
     existing = list(layout.raw.rglob("*.tif")) if layout.raw.exists() else []
-    if existing and not overwrite:
+    if existing and not overwrite and not (layout.raw / INCOMPLETE_MARKER).exists():
         raise KelpsegError(
             f"{layout.raw}: already holds {len(existing)} tile file(s); refusing to overwrite "
             "(pass overwrite=True / --overwrite to replace raw/ and truth/)"
         )
-    for d in (layout.raw, layout.truth):
-        if d.exists():
-            shutil.rmtree(d)
+
+
+def _clear_dir(layout: DataLayout) -> None:
+    """Empty raw/ (all but its incomplete marker, written first) and remove truth/."""
+    for entry in layout.raw.iterdir():
+        if entry.name == INCOMPLETE_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if layout.truth.exists():
+        shutil.rmtree(layout.truth)
 
 
 def _metadata_frame(records: dict[str, dict], train_ids: list[str], test_ids: list[str]) -> pd.DataFrame:
@@ -652,16 +657,19 @@ def generate_dataset(
         ids = _random_tile_ids(rng, n_train + n_test)
         train_ids, test_ids = ids[:n_train], ids[n_train:]
     aois = _plan(train_ids, test_ids, seed, cfg, rng)
-    _prepare_dir(layout, overwrite)
-    layout.truth_test_masks.mkdir(parents=True, exist_ok=True)
-    for d in (layout.train_images, layout.train_masks, layout.test_images):
-        d.mkdir(parents=True, exist_ok=True)
-
-    records = {r["tile_id"]: r for r in _run(layout.root, aois, cfg, workers, progress)}
-    write_metadata(layout.metadata_csv, _metadata_frame(records, train_ids, test_ids))
-    truth = pd.DataFrame([records[t] for t in train_ids + test_ids])[_TRUTH_COLUMNS]
-    with atomic_path(layout.truth_aoi_table) as tmp:
-        truth.to_csv(tmp, index=False)
+    _check_overwrite(layout, overwrite)
+    # raw/ counts as complete only once every tile, the metadata and truth/ are written: a killed
+    # synth leaves the marker, which check-data and every stage reading the catalog refuse.
+    with stage_outputs(layout.raw, "synth", "synth"):
+        _clear_dir(layout)
+        layout.truth_test_masks.mkdir(parents=True, exist_ok=True)
+        for d in (layout.train_images, layout.train_masks, layout.test_images):
+            d.mkdir(parents=True, exist_ok=True)
+        records = {r["tile_id"]: r for r in _run(layout.root, aois, cfg, workers, progress)}
+        write_metadata(layout.metadata_csv, _metadata_frame(records, train_ids, test_ids))
+        truth = pd.DataFrame([records[t] for t in train_ids + test_ids])[_TRUTH_COLUMNS]
+        with atomic_path(layout.truth_aoi_table) as tmp:
+            truth.to_csv(tmp, index=False)
     n_with_kelp = sum(1 for t in train_ids if records[t]["kelp_pixels"] > 0)
     return SynthSummary(
         n_train=n_train,

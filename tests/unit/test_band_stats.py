@@ -294,7 +294,9 @@ def test_bad_options(dataset: DataLayout) -> None:
 
 def test_load_refusals(tmp_path: Path) -> None:
     missing = DataLayout(tmp_path).band_stats_path("nan", True, True)
-    with pytest.raises(StageNotRunError, match=r"not found: run `make calculate-band-stats` first"):
+    with pytest.raises(
+        StageNotRunError, match=r"not found: run `kelpseg band-stats` \(make calculate-band-stats\)"
+    ):
         load_band_stats(missing)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -263,7 +263,8 @@ def test_unknown_option_fails_before_ray_starts(tmp_path: Path) -> None:
     # Inputs every trial would miss are reported by the driver, naming the file and the fix.
     missing = TrainConfig(**BASE, data_dir=str(tmp_path / "nodata"))
     with pytest.raises(
-        SweepSpaceError, match=r"good\.yaml: base config: .*nodata.* run `make train-val-test-split-cv`"
+        SweepSpaceError,
+        match=r"good\.yaml: base config: .*nodata.* run `kelpseg split` \(make train-val-test-split-cv",
     ):
         run_sweep(good, missing, progress=False)
     assert not ray.is_initialized()

@@ -216,7 +216,8 @@ def test_refuses_without_aoi_table(tmp_path: Path) -> None:
     layout = make_dataset(tmp_path)
     layout.aoi_table.unlink()
     with pytest.raises(
-        StageNotRunError, match=r"aoi_groups\.parquet not found: run `make aoi-grouping` first"
+        StageNotRunError,
+        match=r"aoi_groups\.parquet not found: run `kelpseg aoi-grouping` \(make aoi-grouping",
     ):
         run_eda(layout, workers=1, progress=False)
 

@@ -170,9 +170,11 @@ def test_random_split(tmp_path: Path) -> None:
 
 def test_refuses_without_eda(tmp_path: Path) -> None:
     layout = DataLayout(tmp_path)
-    with pytest.raises(StageNotRunError, match=r"dataset_stats\.parquet not found: run `make eda` first"):
+    with pytest.raises(
+        StageNotRunError, match=r"dataset_stats\.parquet not found: run `kelpseg eda` \(make eda\)"
+    ):
         make_cv_split(layout)
-    with pytest.raises(StageNotRunError, match="run `make eda` first"):
+    with pytest.raises(StageNotRunError, match=r"run `kelpseg eda` \(make eda\) first"):
         make_random_split(layout)
 
 

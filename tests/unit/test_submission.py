@@ -155,7 +155,7 @@ def test_write_refuses_incomplete_or_invalid(metadata: Path, tmp_path: Path) -> 
         ("float", r"TA001_kelp.tif: expected dtype uint8, got float32"),
         ("int8", r"TA001_kelp.tif: expected dtype uint8, got int8"),
         ("value2", r"TA001_kelp.tif: expected values 0/1, got \[0, 2\]"),
-        ("folder", r"preds/TA001_kelp.tif: .*stored in a folder; files must sit at the archive root"),
+        ("folder", r"preds/TA001_kelp.tif: .*stored in a folder; each mask must sit at the archive root as"),
         ("name", r"TA001.tif: expected a name '<tile_id>_kelp.tif'"),
         ("duplicate", r"TA001_kelp.tif: appears more than once"),
         ("directory", r"preds: not a regular file"),

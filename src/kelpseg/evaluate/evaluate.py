@@ -28,7 +28,7 @@ from rasterio.errors import RasterioIOError
 from kelpseg.errors import KelpsegError, TileError
 from kelpseg.evaluate.metrics import ConfusionCounts, scores_from_counts
 from kelpseg.io.atomic import write_json, write_text
-from kelpseg.io.tiles import read_mask
+from kelpseg.io.tiles import gdal_reason, read_mask
 from kelpseg.layout import MASK_SUFFIX, tile_id_from_path
 from kelpseg.parallel import pmap
 
@@ -97,7 +97,7 @@ def read_prediction(path: str | Path) -> np.ndarray:
                 raise TileError(f"{path}: expected a one-band prediction, got {src.count} bands")
             data = src.read(1)
     except RasterioIOError as exc:
-        raise TileError(f"{path}: not a readable GeoTIFF ({exc})") from None
+        raise TileError(f"{path}: not a readable GeoTIFF ({gdal_reason(exc)})") from None
     if np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32, copy=False)
         if np.isnan(data).any() or data.min() < 0 or data.max() > 1:

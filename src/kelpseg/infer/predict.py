@@ -41,7 +41,7 @@ from kelpseg.evaluate.evaluate import binarize, format_ids
 from kelpseg.evaluate.metrics import ConfusionCounts
 from kelpseg.evaluate.threshold import DEFAULT_GRID, ThresholdAccumulator, ThresholdResult
 from kelpseg.infer.tta import predict_with_tta, resolve_transforms
-from kelpseg.io.atomic import write_json
+from kelpseg.io.atomic import ensure_writable, write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
 from kelpseg.layout import IMAGE_SUFFIX, DataLayout, RunLayout, mask_name, tile_id_from_path
 from kelpseg.parallel import pmap, process_context
@@ -317,6 +317,7 @@ def predict_folder(
     options = options or InferenceOptions()
     paths = resolve_inputs(inputs)
     validate_inputs(paths, progress=False)
+    ensure_writable(output_dir)  # before the model loads and a batch runs
     run = _load_run(run_dir, options.checkpoint)
     value, source = (None, None) if soft else resolve_threshold(run_dir, run.config, threshold)
     ids = predict_with_run(run, paths, output_dir, soft, value, options)

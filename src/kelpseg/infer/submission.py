@@ -24,6 +24,7 @@ from kelpseg.errors import KelpsegError
 from kelpseg.evaluate.evaluate import format_ids, prediction_files
 from kelpseg.io.atomic import atomic_path
 from kelpseg.io.metadata import SATELLITE, load_metadata
+from kelpseg.io.tiles import gdal_reason
 from kelpseg.layout import MASK_SUFFIX, DataLayout, mask_name
 
 #: Leading bytes of compressed streams that tarfile would open transparently.
@@ -55,7 +56,7 @@ def _raster_problems(name: str, data: bytes) -> tuple[list[str], np.ndarray | No
             count, height, width, dtype = src.count, src.height, src.width, src.dtypes[0]
             pixels = src.read(1)
     except (RasterioIOError, ValueError) as exc:
-        return [f"{name}: not a readable GeoTIFF ({exc})"], None
+        return [f"{name}: not a readable GeoTIFF ({gdal_reason(exc)})"], None
     problems = []
     if count != 1:
         problems.append(f"{name}: expected 1 band, got {count}")
@@ -104,8 +105,13 @@ def check_submission(tar_path: str | Path, metadata: str | Path | DataLayout) ->
                 match = _MEMBER_RE.match(name)
                 if match is None:
                     root = name.replace("\\", "/").rsplit("/", 1)[-1]
-                    where = "stored in a folder; files must sit at the archive root" if root != name else ""
-                    problems.append(f"{name}: expected a name '<tile_id>{MASK_SUFFIX}' {where}".rstrip())
+                    if root != name:
+                        problems.append(
+                            f"{name}: stored in a folder; each mask must sit at the archive root "
+                            f"as '<tile_id>{MASK_SUFFIX}'"
+                        )
+                    else:
+                        problems.append(f"{name}: expected a name '<tile_id>{MASK_SUFFIX}'")
                     continue
                 tid = match.group(1)
                 if tid in seen:

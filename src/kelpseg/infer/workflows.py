@@ -29,7 +29,7 @@ from kelpseg.infer.ensemble import ensemble_folders, weights_from_scores
 from kelpseg.infer.predict import InferenceOptions, predict_folder
 from kelpseg.infer.previews import write_prediction_previews
 from kelpseg.infer.submission import write_submission
-from kelpseg.io.atomic import write_json
+from kelpseg.io.atomic import ensure_writable, safe_child, write_json
 from kelpseg.layout import DataLayout, RunLayout
 
 
@@ -69,7 +69,7 @@ def run_threshold(run_dir: str | Path) -> float | None:
 
 def _folder(layout: DataLayout, kind: str, name: str | None) -> Path:
     name = name or datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-    return layout.submissions / kind / name
+    return safe_child(layout.submissions / kind, name, "submission name")
 
 
 def _finish(
@@ -212,12 +212,15 @@ def cv_predict(
     options = options or InferenceOptions()
     input_dir = input_dir or layout.test_images
     w, t, t_source = resolve_ensemble(run_dirs, weights, threshold)
+    folder = _folder(layout, "avg", name)
+    versions = safe_child(layout.predictions, version, "predictions version")
+    for where in (versions, folder):  # before any model loads
+        ensure_writable(where)
     member_dirs = []
     for k, run_dir in enumerate(run_dirs):
-        out = layout.predictions / version / f"fold={k}"
+        out = versions / f"fold={k}"
         predict_folder(run_dir, input_dir, out, soft=(mode == "soft"), options=options)
         member_dirs.append(out)
-    folder = _folder(layout, "avg", name)
     preds = folder / "predictions"
     ensemble_folders(
         member_dirs, preds, weights=w, threshold=t, mode=mode, workers=2, progress=options.progress

@@ -13,11 +13,13 @@ true for every row of a training tile.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from kelpseg.errors import MetadataError
+from kelpseg.layout import IMAGE_SUFFIX, MASK_SUFFIX
 
 REQUIRED_COLUMNS = ("tile_id", "filename", "md5_hash", "filesize_bytes", "type", "in_train")
 SATELLITE = "satellite"
@@ -25,6 +27,41 @@ KELP = "kelp"
 _TRUE = {"true", "1", "yes", "t"}
 _FALSE = {"false", "0", "no", "f"}
 _DATASET_SPLIT = {"train_img": True, "label_img": True, "test_img": False}
+#: The competition's tile ids are two capital letters and six digits (``AA498489``).
+COMPETITION_TILE_ID = re.compile(r"^[A-Z]{2}[0-9]{6}$")
+#: Any tile id kelpseg accepts: a plain file-name component without ``_`` (the tile id of a file
+#: is its name cut at the first ``_``), so that no path built from it leaves its folder.
+_TILE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,127}$")
+
+
+def check_tile_id(tile_id: object, source: str | Path = "tile id") -> str:
+    """Return ``tile_id`` if it is safe to build file names from, else raise :class:`MetadataError`.
+
+    This is the one sanitiser for ids read from CSVs and tables: output paths are built as
+    ``<folder>/<tile_id><suffix>``, so an id such as ``../../x`` or ``/etc/x`` must never pass.
+    """
+    text = str(tile_id)
+    if not _TILE_ID.match(text) or ".." in text:
+        raise MetadataError(
+            f"{source}: tile id {text!r} is not a plain name (expected e.g. AA498489: letters, digits, "
+            "'-' or '.', no '_', '/' or '..')"
+        )
+    return text
+
+
+def _check_ids_and_names(out: pd.DataFrame, path: Path) -> None:
+    bad = [t for t in out["tile_id"].astype(str).unique() if not _TILE_ID.match(t) or ".." in t]
+    if bad:
+        check_tile_id(bad[0], path)
+    suffix = out["type"].map({SATELLITE: IMAGE_SUFFIX, KELP: MASK_SUFFIX})
+    expected = out["tile_id"].astype(str) + suffix
+    wrong = out["filename"].astype(str) != expected
+    if wrong.any():
+        row = out[wrong].iloc[0]
+        raise MetadataError(
+            f"{path}: row of tile {row['tile_id']} ({row['type']}) names file {row['filename']!r}, "
+            f"expected {expected[wrong].iloc[0]!r} ({int(wrong.sum())} such row(s))"
+        )
 
 
 def _to_bool(series: pd.Series, path: Path) -> pd.Series:
@@ -41,7 +78,13 @@ def _to_bool(series: pd.Series, path: Path) -> pd.Series:
 
 def load_metadata(path: str | Path) -> pd.DataFrame:
     """Load and validate the metadata CSV; return the six original columns, one row per file."""
+    from kelpseg.io.atomic import require_complete
+
     path = Path(path)
+    for folder in (path.parent, path.parent.parent):
+        if folder.is_file():
+            raise MetadataError(f"{folder}: is a file, expected a directory (the data directory holds raw/)")
+    require_complete(path.parent, "dataset")  # first: an interrupted synth writes the CSV last
     if not path.exists():
         raise MetadataError(f"{path}: metadata CSV not found")
     try:
@@ -73,6 +116,10 @@ def load_metadata(path: str | Path) -> pd.DataFrame:
             f"{path}: column 'type' must be 'satellite' or 'kelp', "
             f"got {sorted(set(out['type'][bad_type]))[:5]}"
         )
+    empty = out[["tile_id", "filename"]].isna().any(axis=1)
+    if empty.any():
+        raise MetadataError(f"{path}: empty tile_id or filename in {int(empty.sum())} row(s)")
+    _check_ids_and_names(out, path)
     dup = out.duplicated(["tile_id", "type"])
     if dup.any():
         raise MetadataError(f"{path}: duplicate rows for tile(s) {out['tile_id'][dup].head(5).tolist()}")

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
 from kelpseg.bands import BAND_INDEX, FILL_VALUE, N_BANDS, TILE_SIZE
-from kelpseg.errors import TileError
+from kelpseg.errors import TileError, WriteError
 from kelpseg.io.atomic import atomic_path
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
@@ -36,14 +36,23 @@ class TileInfo:
     transform: Any
 
 
+def gdal_reason(exc: BaseException) -> str:
+    """GDAL's message on one line, without its dangling "See previous exception for details."."""
+    text = " ".join(str(exc).split()).replace(" See previous exception for details.", "")
+    text = text.replace("See previous exception for details.", "").strip()
+    return text or type(exc).__name__
+
+
 def _open(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise TileError(f"{path}: file not found")
+    if path.is_dir():
+        raise TileError(f"{path}: is a directory, expected a GeoTIFF file")
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:
-        raise TileError(f"{path}: not a readable GeoTIFF ({exc})") from None
+        raise TileError(f"{path}: not a readable GeoTIFF ({gdal_reason(exc)})") from None
 
 
 def tile_info(path: str | Path) -> TileInfo:
@@ -63,7 +72,7 @@ def _read_all(path: Path, src: Any, indexes: list[int] | None = None) -> np.ndar
     try:
         return src.read(indexes)
     except RasterioIOError as exc:
-        raise TileError(f"{path}: truncated or corrupt GeoTIFF ({exc})") from None
+        raise TileError(f"{path}: truncated or corrupt GeoTIFF ({gdal_reason(exc)})") from None
 
 
 def read_raw_tile(path: str | Path) -> np.ndarray:
@@ -140,22 +149,36 @@ def write_geotiff(
     nodata: float | None = None,
     crs: Any = None,
     transform: Any = None,
+    **creation: Any,
 ) -> Path:
     """Write a 2-D (one band) or 3-D (bands first) array atomically as GeoTIFF.
 
     ``like`` copies CRS and transform from another file when it has them; explicit ``crs`` /
-    ``transform`` win over ``like``.
+    ``transform`` win over ``like``; ``creation`` adds GDAL creation options (e.g. ``zlevel=1``).
+    The file is read back before it takes its final name (see :func:`kelpseg.io.atomic.atomic_path`).
     """
     path = Path(path)
-    profile = _profile(array, dtype, like, nodata)
+    profile = {**_profile(array, dtype, like, nodata), **creation}
     if crs is not None:
         profile["crs"] = crs
     if transform is not None:
         profile["transform"] = transform
-    data = array[None] if array.ndim == 2 else array
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data.astype(dtype, copy=False))
+    data = np.asarray(array[None] if array.ndim == 2 else array).astype(dtype, copy=False)
+    with atomic_path(path, verify=lambda tmp: _verify_geotiff(tmp, data)) as tmp:
+        try:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+        except RasterioError as exc:
+            raise WriteError(f"cannot write {path}: {gdal_reason(exc)}") from None
     return path
+
+
+def _verify_geotiff(path: Path, data: np.ndarray) -> None:
+    """Read a just-written GeoTIFF back: GDAL may report a failed write (full disk) only in its log."""
+    with rasterio.open(path) as src:
+        back = src.read()
+    if back.shape != data.shape or not np.array_equal(back, data, equal_nan=data.dtype.kind == "f"):
+        raise ValueError("the file read back differs from the data written")
 
 
 def write_mask(path: str | Path, mask: np.ndarray, like: str | Path | None = None) -> Path:

@@ -473,7 +473,7 @@ def write_aoi_outputs(layout: DataLayout, result: AoiResult) -> None:
 def load_aoi_table(layout: DataLayout) -> pd.DataFrame:
     """Read the AOI table written by :func:`group_aois`."""
     if not layout.aoi_table.exists():
-        raise StageNotRunError(f"{layout.aoi_table}: AOI table not found; run `kelpseg aoi-grouping` first")
+        raise StageNotRunError.missing(layout.aoi_table, "aoi-grouping", "aoi-grouping", what="AOI table")
     return pd.read_parquet(layout.aoi_table)
 
 

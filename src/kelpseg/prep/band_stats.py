@@ -72,7 +72,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from kelpseg.bands import BANDS, band_positions
-from kelpseg.errors import KelpsegError, StageNotRunError
+from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
 from kelpseg.features.indices import INDEX_REGISTRY, compute_indices, get_index, validate_index_names
 from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
@@ -472,7 +472,7 @@ class BandStats:
             where = f" in {self.path}" if self.path else ""
             raise KelpsegError(
                 f"no statistics for channel {name!r}{where}; it has {', '.join(self.channels)}. "
-                "Recompute with `make calculate-band-stats` including that index"
+                f"Recompute with {run_hint('band-stats', 'calculate-band-stats')} including that index"
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -560,7 +560,7 @@ def load_band_stats(path: str | Path) -> BandStats:
     """Read a band-stats JSON written by :func:`compute_band_stats`, checking its structure."""
     path = Path(path)
     if not path.exists():
-        raise StageNotRunError(f"{path} not found: run `make calculate-band-stats` first")
+        raise StageNotRunError.missing(path, "band-stats", "calculate-band-stats")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

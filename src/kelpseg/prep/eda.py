@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 
 from kelpseg.bands import BAND_INDEX, FILL_VALUE, SPECTRAL_BANDS, TILE_PIXELS
-from kelpseg.errors import KelpsegError, StageNotRunError
-from kelpseg.io.atomic import save_figure, write_parquet, write_text
+from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
+from kelpseg.io.atomic import save_figure, stage_outputs, write_parquet, write_text
 from kelpseg.io.catalog import load_catalog
 from kelpseg.io.tiles import read_mask, read_raw_tile, read_tile
 from kelpseg.layout import DataLayout
@@ -149,20 +149,26 @@ def _tile_stats_job(job: tuple[str, str | None]) -> dict[str, float | bool | Non
     return tile_stats(*job)
 
 
-def _require(path: Path, target: str) -> None:
+def _require(path: Path, command: str, target: str) -> None:
     if not path.exists():
-        raise StageNotRunError(f"{path} not found: run `make {target}` first")
+        raise StageNotRunError.missing(path, command, target)
 
 
 def tiles_with_aoi(layout: DataLayout) -> pd.DataFrame:
     """The catalog joined with the AOI table; every catalog tile must have an aoi_id."""
-    _require(layout.aoi_table, "aoi-grouping")
+    if not layout.root.is_dir():
+        raise KelpsegError(
+            f"{layout.root}: data directory not found"
+            if not layout.root.exists()
+            else f"{layout.root}: is a file, expected the data directory"
+        )
+    _require(layout.aoi_table, "aoi-grouping", "aoi-grouping")
     aoi = pd.read_parquet(layout.aoi_table)
     missing_cols = {"tile_id", "aoi_id"} - set(aoi.columns)
     if missing_cols:
         raise KelpsegError(
             f"{layout.aoi_table}: expected columns tile_id, split, aoi_id, usable; "
-            f"missing {sorted(missing_cols)}: run `make aoi-grouping` again"
+            f"missing {sorted(missing_cols)}: run {run_hint('aoi-grouping', 'aoi-grouping')} again"
         )
     catalog = load_catalog(layout)
     tiles = catalog.merge(aoi[["tile_id", "aoi_id"]], on="tile_id", how="left", validate="one_to_one")
@@ -170,7 +176,7 @@ def tiles_with_aoi(layout: DataLayout) -> pd.DataFrame:
     if lacking:
         raise StageNotRunError(
             f"{layout.aoi_table} has no aoi_id for {len(lacking)} tile(s) of the metadata "
-            f"(e.g. {', '.join(lacking[:5])}): run `make aoi-grouping` again"
+            f"(e.g. {', '.join(lacking[:5])}): run {run_hint('aoi-grouping', 'aoi-grouping')} again"
         )
     tiles["aoi_id"] = tiles["aoi_id"].astype("int64")
     return tiles
@@ -696,11 +702,12 @@ def write_eda_outputs(
 def run_eda(layout: DataLayout, workers: int = 2, progress: bool = True) -> EdaResult:
     """Compute the per-tile stats of every tile and write tables, plots and ``eda.html``.
 
-    Needs the AOI table of ``make aoi-grouping``; raises StageNotRunError when it is missing.
+    Needs the AOI table of ``kelpseg aoi-grouping``; raises StageNotRunError when it is missing.
     """
     tiles = tiles_with_aoi(layout)
     stats, nodata = compute_tile_stats(tiles, workers=workers, progress=progress)
     if nodata:
         log.warning("%d tile(s) entirely nodata (kept in the stats): %s", len(nodata), ", ".join(nodata))
     synthetic = layout.truth.is_dir()  # kelpseg.synthetic writes truth/ beside raw/
-    return write_eda_outputs(stats, layout.eda_dir, nodata, synthetic=synthetic, tiles=tiles)
+    with stage_outputs(layout.eda_dir, "eda", "eda"):  # split refuses a half-written set
+        return write_eda_outputs(stats, layout.eda_dir, nodata, synthetic=synthetic, tiles=tiles)

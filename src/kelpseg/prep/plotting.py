@@ -25,7 +25,7 @@ import pandas as pd
 
 from kelpseg.bands import BANDS
 from kelpseg.errors import KelpsegError
-from kelpseg.io.atomic import atomic_path, save_figure
+from kelpseg.io.atomic import atomic_path, safe_child, save_figure
 from kelpseg.io.catalog import load_catalog
 from kelpseg.io.tiles import read_mask, read_tile
 from kelpseg.layout import DataLayout
@@ -79,11 +79,11 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def composite_path(layout: DataLayout, tile_id: str, name: str) -> Path:
-    return layout.composites_dir / name / f"{tile_id}_{name}.png"
+    return safe_child(layout.composites_dir / name, f"{tile_id}_{name}.png", "tile file name")
 
 
 def plot_path(layout: DataLayout, tile_id: str) -> Path:
-    return layout.plots_dir / f"{tile_id}_plot.png"
+    return safe_child(layout.plots_dir, f"{tile_id}_plot.png", "tile file name")
 
 
 # ---- panel figure -----------------------------------------------------------------------------

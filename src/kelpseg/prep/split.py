@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from kelpseg.errors import KelpsegError, StageNotRunError
-from kelpseg.io.atomic import write_parquet
+from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
+from kelpseg.io.atomic import require_complete, write_parquet
 from kelpseg.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,15 @@ def kelp_pct_bin(kelp_pct: pd.Series) -> pd.Series:
 def load_eda_stats(layout: DataLayout) -> pd.DataFrame:
     path = layout.eda_stats
     if not path.exists():
-        raise StageNotRunError(f"{path} not found: run `make eda` first")
+        raise StageNotRunError.missing(path, "eda", "eda")
+    require_complete(layout.eda_dir, "EDA outputs")
     df = pd.read_parquet(path)
     needed = {"tile_id", "aoi_id", "split", "kelp_pixels_pct", "high_kelp_pixels_pct"}
     missing = sorted(needed - set(df.columns))
     if missing:
-        raise KelpsegError(f"{path}: not an EDA stats table (missing {missing}): run `make eda` again")
+        raise KelpsegError(
+            f"{path}: not an EDA stats table (missing {missing}): run {run_hint('eda', 'eda')} again"
+        )
     return df
 
 
@@ -109,7 +112,8 @@ def _prepare(layout: DataLayout, columns: Sequence[str]) -> pd.DataFrame:
         raise KelpsegError(f"{layout.eda_stats}: no training tiles to split")
     if df.loc[is_train, "aoi_id"].isna().any():
         raise KelpsegError(
-            f"{layout.eda_stats}: training tiles without aoi_id: run `make aoi-grouping` again"
+            f"{layout.eda_stats}: training tiles without aoi_id: "
+            f"run {run_hint('aoi-grouping', 'aoi-grouping')} again"
         )
     high = is_train & df["high_kelp_pixels_pct"].astype("boolean").fillna(False).astype(bool)
     if high.any():

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +33,10 @@ import numpy as np
 
 from kelpseg.bands import FILL_VALUE, N_BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError
+from kelpseg.io.atomic import clean_stale_temps
 from kelpseg.io.tiles import read_mask, read_raw_tile
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -89,6 +92,63 @@ def optional_path(path: Any) -> str | None:
     if path is None or (isinstance(path, float) and np.isnan(path)) or str(path) == "":
         return None
     return str(path)
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why ``path`` is not a complete ``.npy`` array of ``shape`` (None when it is)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            header_shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"{path.name}: unreadable ({exc})"
+    if tuple(header_shape) != tuple(shape):
+        return f"{path.name}: shape {tuple(header_shape)}, index says {tuple(shape)}"
+    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size != expected:
+        return f"{path.name}: {size} bytes, expected {expected} (truncated)"
+    return None
+
+
+def cache_problem(folder: str | Path) -> str | None:
+    """Why the cache folder is not complete and consistent (None when it is).
+
+    Checked: the index (written last: the completion marker) parses and names this folder's key
+    and version, and both arrays have the index's shape and exactly the bytes that shape needs.
+    """
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+        shape = tuple(int(v) for v in index["shape"])
+        n = len(index["tile_ids"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{INDEX_FILE}: missing or unreadable ({exc})"
+    if index.get("version") != CACHE_VERSION:
+        return f"{INDEX_FILE}: cache version {index.get('version')}, expected {CACHE_VERSION}"
+    if index.get("key") != folder.name:
+        return f"{INDEX_FILE}: key {index.get('key')!r} does not match the folder name"
+    if shape != (n, N_BANDS, TILE_SIZE, TILE_SIZE):
+        return f"{INDEX_FILE}: shape {list(shape)} for {n} tiles"
+    return _npy_problem(folder / IMAGES_FILE, shape) or _npy_problem(
+        folder / MASKS_FILE, (n, TILE_SIZE, TILE_SIZE)
+    )
+
+
+def _discard(folder: Path) -> None:
+    """Move a bad cache aside (atomically) and delete it."""
+    trash = folder.parent / f".{folder.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:  # another builder removed it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 class _NeedsWiderType(Exception):
@@ -194,8 +254,12 @@ class TileCache:
         masks = [optional_path(m) for m in mask_paths] if mask_paths is not None else [None] * len(tile_ids)
         key = cache_key(tile_ids, image_paths, masks)
         folder = Path(cache_dir) / key
-        if (folder / INDEX_FILE).exists():
-            return cls(folder)
+        if folder.exists():
+            problem = cache_problem(folder)
+            if problem is None:
+                return cls(folder)
+            log.warning("tile cache %s is incomplete or damaged (%s); building it again", folder, problem)
+            _discard(folder)
         rows = sorted(zip(map(str, tile_ids), map(str, image_paths), masks, strict=True))
         _build(folder, key, rows, workers=workers, progress=progress)
         return cls(folder)
@@ -273,7 +337,9 @@ def _build(
 ) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(folder.parent, len(rows))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=folder.parent))
+    clean_stale_temps(folder.parent)  # builds of killed processes
+    tmp = folder.parent / f".{key}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    tmp.mkdir()
     try:
         for dtype in _DTYPES:
             try:

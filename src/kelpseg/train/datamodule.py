@@ -53,7 +53,7 @@ def resolve_band_stats_path(config: Any, layout: DataLayout) -> Path:
 
 def read_split_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise StageNotRunError(f"{path}: CV split not found; run `make train-val-test-split-cv` first")
+        raise StageNotRunError.missing(path, "split", "train-val-test-split-cv", what="CV split")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
@@ -71,7 +71,7 @@ def fold_columns(frame: pd.DataFrame) -> list[str]:
 
 def load_stats(path: Path) -> Any:
     if not path.is_file():
-        raise StageNotRunError(f"{path}: band stats not found; run `make calculate-band-stats` first")
+        raise StageNotRunError.missing(path, "band-stats", "calculate-band-stats", what="band stats")
     from kelpseg.prep.band_stats import load_band_stats
 
     return load_band_stats(path)

@@ -45,7 +45,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from kelpseg import provenance, tracking
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import Interrupted, KelpsegError, WriteError
 from kelpseg.io.atomic import atomic_path, write_json
 from kelpseg.layout import DataLayout, RunLayout
 from kelpseg.progress import is_terminal, verbose
@@ -117,7 +117,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+            except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+                if "write" not in str(exc).lower():
+                    raise
+                free = shutil.disk_usage(Path(path).parent).free
+                raise WriteError(
+                    f"cannot write {path}: the checkpoint write failed ({free / 2**20:.1f} MiB free)"
+                ) from None
 
 
 def _fmt(value: Any) -> str:
@@ -481,24 +489,74 @@ def _fit(
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         status = "interrupted" if trainer.interrupted else "finished"
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after cleanup
+    except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
+        # Lightning turns a KeyboardInterrupt into SystemExit(1) after its cleanup
         status = "interrupted"
-        raise
+        if isinstance(exc, SystemExit) and not trainer.interrupted:
+            raise
+        raise Interrupted(f"continue with `kelpseg train --resume {run_dir}`") from None
     finally:
         if own_env:
             os.environ.pop(RUN_DIR_ENV, None)
+        summary = None
         if trainer.is_global_zero:
-            summary = _summary(
-                run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
-            )
-            if logger is not None:
-                best = RunLayout(run_dir).best_checkpoint
-                _log_artifacts(
-                    logger, run_dir, best if status == "finished" else None, config.mlflow_log_checkpoint
+            try:
+                summary = _summary(
+                    run_dir, config, trainer, status, wall_time_s=round(time.perf_counter() - started, 2)
                 )
-                if summary["best_score"] is not None:
-                    logger.log_metrics({"best_score": summary["best_score"]})
+            except OSError as exc:  # e.g. the full disk that stopped the run: keep its error
+                log.warning("%s: summary not written (%s)", RunLayout(run_dir).summary, exc)
+        if summary is not None and logger is not None:
+            best = RunLayout(run_dir).best_checkpoint
+            _log_artifacts(
+                logger, run_dir, best if status == "finished" else None, config.mlflow_log_checkpoint
+            )
+            if summary["best_score"] is not None:
+                logger.log_metrics({"best_score": summary["best_score"]})
     return run_dir
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    ckpts = RunLayout(run_dir).checkpoints
+    return ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
+
+
+def _never_finished_an_epoch(run_dir: Path) -> bool:
+    """A run dir whose run failed or was interrupted before any checkpoint (and is not running)."""
+    if not RunLayout(run_dir).config.is_file() or _has_checkpoints(run_dir):
+        return False
+    try:
+        import json
+
+        status = json.loads(RunLayout(run_dir).summary.read_text()).get("status")
+    except (OSError, ValueError):
+        return False  # no summary yet: perhaps still starting in another process
+    return status in ("failed", "interrupted")
+
+
+def _clear_unstarted_run(run_dir: Path) -> None:
+    for name in RunLayout.SMALL_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (RunLayout.CHECKPOINT_DIR, RunLayout.PREVIEW_DIR):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint, with a truncated or foreign file as one :class:`RunDirError`."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise
+    except (EOFError, OSError, RuntimeError, ValueError) as exc:
+        raise RunDirError(f"{path}: truncated or not a checkpoint ({_checkpoint_reason(exc)})") from None
+
+
+def _checkpoint_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, EOFError) or "EOF" in text or "Errno 22" in text or "central directory" in text:
+        return "the file ends early"
+    return text[:160] or type(exc).__name__
 
 
 def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> None:
@@ -534,6 +592,9 @@ def train(
         config = config.model_copy(update={"run_name": default_run_name(config)})
     files = RunLayout.of(config.output_dir, str(config.run_name))
     run_dir = files.root
+    if _never_finished_an_epoch(run_dir):
+        log.warning("%s: a run that stopped before its first epoch; starting it again", run_dir)
+        _clear_unstarted_run(run_dir)
     if files.checkpoints.exists() or files.config.exists():
         raise RunDirError(
             f"{run_dir}: run directory already exists; resume it with `kelpseg train --resume {run_dir}` "
@@ -554,9 +615,14 @@ def resume(
     config = _read_run_config(run_dir)
     last = files.last_checkpoint
     if not last.is_file():
-        raise RunDirError(f"{last}: no checkpoint to resume from (the run did not finish one epoch)")
+        if _has_checkpoints(run_dir):
+            raise RunDirError(f"{last}: checkpoint missing; train again under another run_name")
+        # stopped before its first epoch: nothing to continue, so start it again, same config
+        log.warning("%s: no epoch finished before the run stopped; starting it from scratch", run_dir)
+        _clear_unstarted_run(run_dir)
+        return train(config, layout=layout, progress=progress, callbacks=callbacks)
     if _rank() == 0:
-        done = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
+        done = int(read_checkpoint(last, mmap=True).get("epoch", -1))
         rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= done]
         _write_metrics(files.metrics, rows)
     run_id = None
@@ -615,13 +681,17 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> K
             module = KelpSegmentationModule.load_from_checkpoint(
                 str(path), map_location=map_location, weights_only=True
             )
-        except pickle.UnpicklingError:  # an object outside torch's safe list (e.g. an old scheduler)
+        except pickle.UnpicklingError as exc:  # an object outside torch's safe list (e.g. an old scheduler)
+            if "EOF" in str(exc) or "truncated" in str(exc):
+                raise RunDirError(f"{path}: truncated or not a checkpoint (the file ends early)") from None
             log.info("%s holds non-tensor objects; loading it with full unpickling", path)
             module = KelpSegmentationModule.load_from_checkpoint(
                 str(path), map_location=map_location, weights_only=False
             )
     except KelpsegError:
         raise
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise RunDirError(f"{path}: truncated or not a checkpoint ({_checkpoint_reason(exc)})") from None
     except Exception as exc:
         raise RunDirError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
     return module.eval()

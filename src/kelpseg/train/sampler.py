@@ -108,7 +108,7 @@ def raw_weights(frame: pd.DataFrame, factors: SamplerFactors | Mapping[str, floa
         if column not in frame.columns:
             raise SamplerError(
                 f"the tile table has no column {column!r}, needed by the {term} sampler factor "
-                "(run `make eda` and the split again)"
+                "(run `kelpseg eda` (make eda) and `kelpseg split` again)"
             )
         values = pd.to_numeric(frame[column], errors="coerce").astype(np.float64).to_numpy()
         bad = np.isnan(values)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kelpseg.bands import BAND_INDEX, BANDS, N_BANDS, TILE_SIZE, band_positions
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import KelpsegError, run_hint
 from kelpseg.features.indices import compute_indices, validate_index_names
 
 NORMALIZATION_STRATEGIES = ("quantile", "min-max", "z-score", "per-sample-quantile", "per-sample-min-max")
@@ -88,12 +88,13 @@ def _stats_tensor(table: Mapping[str, Mapping[str, Any]], names: Sequence[str], 
         if name not in table:
             raise BandStatsError(
                 f"band stats have no channel {name!r} (channels present: {', '.join(table)}); "
-                "re-run `make calculate-band-stats`"
+                f"re-run {run_hint('band-stats', 'calculate-band-stats')}"
             )
         stats = table[name]
         if key not in stats or stats[key] is None:
             raise BandStatsError(
-                f"band stats of channel {name!r} lack {key!r}; re-run `make calculate-band-stats`"
+                f"band stats of channel {name!r} lack {key!r}; "
+                f"re-run {run_hint('band-stats', 'calculate-band-stats')}"
             )
         value = float(stats[key])
         if value != value or value in (float("inf"), float("-inf")):

@@ -207,10 +207,15 @@ def meta_from_mtl(mtl: dict[str, Any], name: str) -> SceneMeta:
     files: dict[str, str] = {}
     product = str(contents.get("LANDSAT_PRODUCT_ID", ""))
     for key, value in contents.items():
-        if key.startswith("FILE_NAME_"):
+        band = re.fullmatch(r"FILE_NAME_BAND_(\d+)", key)
+        if band:  # the reflective bands by their MTL key, whatever the file is called
+            files[f"SR_B{band.group(1)}"] = str(value)
+        elif key == "FILE_NAME_QUALITY_L1_PIXEL":
+            files[QA_SUFFIX] = str(value)
+        elif key.startswith("FILE_NAME_"):
             m = PRODUCT_RE.match(Path(str(value)).stem)
             if m:
-                files[m.group("suffix")] = str(value)
+                files.setdefault(m.group("suffix"), str(value))
     return SceneMeta(
         scene_id=product or name.rsplit("_MTL", 1)[0],
         spacecraft=spacecraft,

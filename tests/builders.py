@@ -104,11 +104,19 @@ def tiny_run_dir(root: Path) -> Path:
 
     ids = ["A1", "A2", "A3"]
     layout = write_dataset(root / "data", ids, [])
-    split = pd.DataFrame({"tile_id": ids, "original_split": ["train"] * 3, "split_0": ["train", "train", "val"]})
+    split = pd.DataFrame(
+        {"tile_id": ids, "original_split": ["train"] * 3, "split_0": ["train", "train", "val"]}
+    )
     layout.split_path("cross_val").parent.mkdir(parents=True, exist_ok=True)
     split.to_parquet(layout.split_path("cross_val"), index=False)
     compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=1, progress=False)
     config = tiny_train_config(
-        layout, root / "runs", steps=1, epochs=1, run_name="tiny", limit_val_batches=1, use_weighted_sampler=False
+        layout,
+        root / "runs",
+        steps=1,
+        epochs=1,
+        run_name="tiny",
+        limit_val_batches=1,
+        use_weighted_sampler=False,
     )
     return train(config, layout, progress=False)

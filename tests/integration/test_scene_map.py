@@ -17,7 +17,14 @@ from kelpseg.errors import KelpsegError
 from kelpseg.infer.predict import InferenceOptions, predict_folder
 from kelpseg.io.tiles import write_geotiff
 from kelpseg.scene.c2l2 import open_scene
-from kelpseg.scene.mapping import SceneOptions, _predict_into, check_run, load_members, map_scene, window_probabilities
+from kelpseg.scene.mapping import (
+    SceneOptions,
+    _predict_into,
+    check_run,
+    load_members,
+    map_scene,
+    window_probabilities,
+)
 from kelpseg.scene.outputs import NODATA
 from kelpseg.scene.synthetic import write_synthetic_scene
 from kelpseg.scene.timeseries import map_series
@@ -62,7 +69,9 @@ def _stitched(scene_folder: Path, run_dir: Path, overlap: float) -> tuple[np.nda
     return capture.prob, runs
 
 
-def test_zero_overlap_stitching_equals_predict_on_the_same_windows(scene, run_dir: Path, tmp_path: Path) -> None:
+def test_zero_overlap_stitching_equals_predict_on_the_same_windows(
+    scene, run_dir: Path, tmp_path: Path
+) -> None:
     stitched, _ = _stitched(scene.folder, run_dir, 0.0)
     source = open_scene(scene.folder)
     grid = window_grid(source.height, source.width, 350, 0.0)
@@ -151,8 +160,23 @@ def test_scene_outputs_areas_polygons_and_rerun(scene, run_dir: Path, tmp_path: 
     # a failing re-run (AOI outside the scene) leaves the earlier outputs as they were
     before = {k: p.read_bytes() for k, p in paths.items()}
     far = tmp_path / "far.geojson"
-    far.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
-        "geometry": {"type": "Polygon", "coordinates": [[[10, 50], [10.1, 50], [10.1, 50.1], [10, 50]]]}}]}))
+    far.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[10, 50], [10.1, 50], [10.1, 50.1], [10, 50]]],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(KelpsegError, match=r"far.geojson: the AOI lies outside the scene"):
         map_scene(scene.folder, [run_dir], out, SceneOptions(aoi=far, inference=FAST))
     assert {k: p.read_bytes() for k, p in paths.items()} == before
@@ -168,9 +192,23 @@ def test_aoi_limits_and_clips_the_outputs(scene, run_dir: Path, tmp_path: Path) 
     corners = [t * (c, r) for c, r in [(100, 120), (400, 120), (400, 500), (100, 500)]]
     ring = [list(to_ll.transform(x, y)) for x, y in corners]
     aoi = tmp_path / "site.geojson"
-    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature",
-        "properties": {"name": "bay"}, "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}}]}))
-    result = map_scene(scene.folder, [run_dir], tmp_path / "out", SceneOptions(aoi=aoi, overlap=0.0, inference=FAST))
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"name": "bay"},
+                        "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+                    }
+                ],
+            }
+        )
+    )
+    result = map_scene(
+        scene.folder, [run_dir], tmp_path / "out", SceneOptions(aoi=aoi, overlap=0.0, inference=FAST)
+    )
     with rasterio.open(result.paths["mask"]) as src:
         mask = src.read(1)
         assert src.height < 400 and src.width < 320  # the AOI's bounding box, not the scene
@@ -201,8 +239,14 @@ def test_real_c2l2_scene_keeps_crs_transform_and_mtl_facts(run_dir: Path, tmp_pa
 
 def test_time_series_one_row_per_scene(run_dir: Path, tmp_path: Path) -> None:
     scenes = tmp_path / "scenes"
-    for date, sensor, vigour in [("2019-08-01", "ETM+", 0.6), ("2020-07-15", "OLI", 1.0), ("2021-07-20", "OLI-2", 0.3)]:
-        write_synthetic_scene(scenes, 300, 300, seed=5, date=date, sensor=sensor, kelp_vigour=vigour, with_dem=False)
+    for date, sensor, vigour in [
+        ("2019-08-01", "ETM+", 0.6),
+        ("2020-07-15", "OLI", 1.0),
+        ("2021-07-20", "OLI-2", 0.3),
+    ]:
+        write_synthetic_scene(
+            scenes, 300, 300, seed=5, date=date, sensor=sensor, kelp_vigour=vigour, with_dem=False
+        )
     out = tmp_path / "series"
     csv_path, png, rows = map_series(scenes, [run_dir], out, SceneOptions(overlap=0.0, inference=FAST))
     table = list(csv.DictReader(csv_path.open()))

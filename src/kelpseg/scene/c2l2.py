@@ -324,9 +324,7 @@ def _listing(source: Path) -> _Listing:
     if tarfile.is_tarfile(source):
         with tarfile.open(source) as tf:
             names = [m.name for m in tf.getmembers() if m.isfile()]
-        return _Listing(
-            source, {Path(n).name: f"/vsitar/{source.resolve()}/{n}" for n in names}, tar=source
-        )
+        return _Listing(source, {Path(n).name: f"/vsitar/{source.resolve()}/{n}" for n in names}, tar=source)
     raise SceneError(f"{source}: not a scene folder, .tar, MTL file or GeoTIFF")
 
 
@@ -367,9 +365,11 @@ def open_scene(source: str | Path, qa_bits: Sequence[str | int] = DEFAULT_QA_BIT
             f"{source}: no Landsat Collection 2 files (L?0?_L2S?_<pathrow>_<date>_<date>_02_T?_*.TIF)"
         )
     if len(products) > 1:
-        raise SceneError(f"{source}: holds files of {len(products)} scenes ({', '.join(sorted(products))}); "
-                         "give one scene per folder")
-    (product_id, files), = products.items()
+        raise SceneError(
+            f"{source}: holds files of {len(products)} scenes ({', '.join(sorted(products))}); "
+            "give one scene per folder"
+        )
+    ((product_id, files),) = products.items()
     mtl_name = next((files[s] for s in MTL_SUFFIXES if s in files), None)
     if mtl_name is not None:
         meta = meta_from_mtl(parse_mtl(listing.read(mtl_name), mtl_name), mtl_name)

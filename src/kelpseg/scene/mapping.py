@@ -103,7 +103,9 @@ def check_run(run: Any, window: int, has_dem: bool) -> None:
         )
 
 
-def load_members(run_dirs: Sequence[str | Path], options: SceneOptions) -> tuple[list[Any], list[float], float, str]:
+def load_members(
+    run_dirs: Sequence[str | Path], options: SceneOptions
+) -> tuple[list[Any], list[float], float, str]:
     """Loaded runs, their weights, and the threshold with its source (as predict / cv-predict)."""
     from kelpseg.infer.predict import _load_run, resolve_threshold
     from kelpseg.infer.workflows import resolve_ensemble
@@ -181,7 +183,12 @@ class _WindowReader(Dataset[dict[str, Any]]):
             image[px.stack == FILL_VALUE] = np.nan
             error = ""
         except KelpsegError as exc:
-            image, classes, skip, error = np.zeros((7, size, size), np.float32), np.zeros((size, size)), True, str(exc)
+            image, classes, skip, error = (
+                np.zeros((7, size, size), np.float32),
+                np.zeros((size, size)),
+                True,
+                str(exc),
+            )
         return {
             "image": torch.from_numpy(image),
             "classes": torch.from_numpy(np.asarray(classes, np.uint8)),
@@ -208,8 +215,13 @@ def read_aoi(path: Path, source: SceneSource) -> tuple[list[Any], list[str], tup
     if not geoms:
         raise KelpsegError(f"{path}: no polygon in the AOI file")
     if meta.get("crs"):
-        to_scene = Transformer.from_crs(CRS.from_user_input(meta["crs"]), CRS.from_wkt(source.crs_wkt), always_xy=True)
-        geoms = [shapely.transform(g, lambda xy: np.column_stack(to_scene.transform(xy[:, 0], xy[:, 1]))) for g in geoms]
+        to_scene = Transformer.from_crs(
+            CRS.from_user_input(meta["crs"]), CRS.from_wkt(source.crs_wkt), always_xy=True
+        )
+        geoms = [
+            shapely.transform(g, lambda xy: np.column_stack(to_scene.transform(xy[:, 0], xy[:, 1])))
+            for g in geoms
+        ]
     fields = list(meta.get("fields", []))
     key = next((f for f in ("name", "aoi", "id") if f in fields), None)
     names = (
@@ -223,8 +235,8 @@ def read_aoi(path: Path, source: SceneSource) -> tuple[list[Any], list[str], tup
             cc, rr = inv * (x, y)
             cols.append(cc)
             rows.append(rr)
-    r0, r1 = max(int(math.floor(min(rows))), 0), min(int(math.ceil(max(rows))), source.height)
-    c0, c1 = max(int(math.floor(min(cols))), 0), min(int(math.ceil(max(cols))), source.width)
+    r0, r1 = max(math.floor(min(rows)), 0), min(math.ceil(max(rows)), source.height)
+    c0, c1 = max(math.floor(min(cols)), 0), min(math.ceil(max(cols)), source.width)
     if r1 <= r0 or c1 <= c0:
         raise KelpsegError(f"{path}: the AOI lies outside the scene {source.meta.scene_id}")
     return geoms, names[: len(geoms)], (r0, c0, r1 - r0, c1 - c0)
@@ -255,7 +267,6 @@ def map_scene(
     """
     started = time.perf_counter()
     options = options or SceneOptions()
-    inference = options.inference
     source = scene if isinstance(scene, SceneSource) else open_scene(scene, options.qa_bits)
     bounds = _bounds(source)
     if options.dem is not None:

@@ -203,10 +203,21 @@ class SceneWriter:
         self.close()
         paths = output_paths(self.staging, self.scene_id)
         tags = {**self.tags, "threshold": str(self.threshold), "scene_id": self.scene_id}
-        _to_cog(self.staging / "probability.raw.tif", paths["probability"], tags, "AVERAGE",
-                description="kelp probability (percent)")
-        _to_cog(self.staging / "mask.raw.tif", paths["mask"], tags, "NEAREST", colors=MASK_COLORS,
-                description="kelp mask (1 kelp, 0 not kelp)")
+        _to_cog(
+            self.staging / "probability.raw.tif",
+            paths["probability"],
+            tags,
+            "AVERAGE",
+            description="kelp probability (percent)",
+        )
+        _to_cog(
+            self.staging / "mask.raw.tif",
+            paths["mask"],
+            tags,
+            "NEAREST",
+            colors=MASK_COLORS,
+            description="kelp mask (1 kelp, 0 not kelp)",
+        )
         stats = write_polygons(
             self.staging / "kelp01.raw.tif",
             paths["probability"],
@@ -298,7 +309,7 @@ def write_polygons(
         band = rasterio.band(kelp, 1)
         for geojson, _ in rasterio.features.shapes(band, mask=band, connectivity=8, transform=kelp.transform):
             geom = shape(geojson)
-            n_pixels = int(round(geom.area / pixel))
+            n_pixels = round(geom.area / pixel)
             if n_pixels < min_mapping_unit:
                 dropped += 1
                 continue
@@ -380,8 +391,19 @@ def summary_row(meta: dict[str, Any], aoi: str, counts: AreaCounts, extra: dict[
     region = ha["region_ha"]
     unobserved = (ha["cloud_ha"] + ha["fill_ha"]) / region if region > 0 else float("nan")
     return {
-        **{k: meta.get(k) for k in ("scene_id", "spacecraft", "sensor", "wrs_path", "wrs_row", "date", "time",
-                                      "cloud_cover")},
+        **{
+            k: meta.get(k)
+            for k in (
+                "scene_id",
+                "spacecraft",
+                "sensor",
+                "wrs_path",
+                "wrs_row",
+                "date",
+                "time",
+                "cloud_cover",
+            )
+        },
         "aoi": aoi,
         "kelp_ha": ha["kelp_ha"],
         "kelp_ha_polygons": extra.get("kelp_ha_polygons"),

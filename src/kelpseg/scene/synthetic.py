@@ -144,7 +144,9 @@ def write_synthetic_scene(
     outs = {b: rasterio.open(p, "w", **profile, nodata=0) for b, p in files.items()}
     qa_out = rasterio.open(qa_path, "w", **profile, nodata=1)
     truth_out = rasterio.open(truth_path, "w", **{**profile, "dtype": "uint8"}, nodata=255)
-    dem_out = rasterio.open(dem_path, "w", **{**profile, "dtype": "int16"}, nodata=-32768) if dem_path else None
+    dem_out = (
+        rasterio.open(dem_path, "w", **{**profile, "dtype": "int16"}, nodata=-32768) if dem_path else None
+    )
     theta = np.deg2rad(footprint_angle_deg)
     cy, cx = height / 2.0, width / 2.0
     half = 0.5 * min(height, width) / (abs(np.cos(theta)) + abs(np.sin(theta))) * 1.02
@@ -155,8 +157,12 @@ def write_synthetic_scene(
         for r0 in range(0, height, STRIP):
             n = min(STRIP, height - r0)
             rows = np.arange(r0, r0 + n, dtype=np.float32)
-            z = _bilinear(elevation, rows * (_COARSE - 1) / max(height - 1, 1), cols * (_COARSE - 1) / max(width - 1, 1))
-            cz = _bilinear(clouds, rows * (_COARSE - 1) / max(height - 1, 1), cols * (_COARSE - 1) / max(width - 1, 1))
+            z = _bilinear(
+                elevation, rows * (_COARSE - 1) / max(height - 1, 1), cols * (_COARSE - 1) / max(width - 1, 1)
+            )
+            cz = _bilinear(
+                clouds, rows * (_COARSE - 1) / max(height - 1, 1), cols * (_COARSE - 1) / max(width - 1, 1)
+            )
             fine = beds[np.ix_(rows.astype(int) % _FINE, cols.astype(int) % _FINE)]
             fine_patch = patch[np.ix_(rows.astype(int) % _FINE, cols.astype(int) % _FINE)]
             depth = level - z  # > 0 at sea
@@ -185,9 +191,13 @@ def write_synthetic_scene(
             cloud = cz > cloud_level
             dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
             qa = np.zeros((n, width), np.uint16)
-            qa |= (cloud.astype(np.uint16) << QA_BITS["cloud"]) | (dilated.astype(np.uint16) << QA_BITS["dilated_cloud"])
+            qa |= (cloud.astype(np.uint16) << QA_BITS["cloud"]) | (
+                dilated.astype(np.uint16) << QA_BITS["dilated_cloud"]
+            )
             clear = ~cloud & ~dilated
-            qa |= (clear.astype(np.uint16) << QA_BITS["clear"]) | ((clear & ~land).astype(np.uint16) << QA_BITS["water"])
+            qa |= (clear.astype(np.uint16) << QA_BITS["clear"]) | (
+                (clear & ~land).astype(np.uint16) << QA_BITS["water"]
+            )
             qa[~inside] = 1 << QA_BITS["fill"]
             dn[:, ~inside] = 0
             truth = np.where(inside, density > KELP_THRESHOLD, 255).astype(np.uint8)

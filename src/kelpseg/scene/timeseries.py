@@ -34,10 +34,9 @@ def find_scenes(folder: str | Path) -> list[Path]:
         raise KelpsegError(f"{folder}: scene folder not found")
     found = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir() and any(PRODUCT_RE.match(p.stem) for p in path.iterdir()):
-            found.append(path)
-        elif path.suffix == ".tar" or (path.suffix.lower() in (".tif", ".tiff") and "_truth_" not in path.name
-                                       and not path.name.endswith("_dem.tif")):
+        product = path.is_dir() and any(PRODUCT_RE.match(p.stem) for p in path.iterdir())
+        stack = path.suffix.lower() in (".tif", ".tiff") and not path.name.endswith(("_kelp.tif", "_dem.tif"))
+        if product or path.suffix == ".tar" or stack:
             found.append(path)
     if not found:
         raise KelpsegError(f"{folder}: no scenes (C2 L2 folders, .tar or 7-band .tif) found")
@@ -93,7 +92,11 @@ def map_series(
 
 
 def _map_on_ray(
-    sources: Sequence[Any], run_dirs: Sequence[str | Path], out: Path, options: SceneOptions, address: str | None
+    sources: Sequence[Any],
+    run_dirs: Sequence[str | Path],
+    out: Path,
+    options: SceneOptions,
+    address: str | None,
 ) -> list[dict[str, Any]]:
     """One Ray task per scene (embedded local Ray, or the cluster at ``address``)."""
     import ray
@@ -130,8 +133,14 @@ def plot_series(rows: Sequence[dict[str, Any]], target: Path) -> Path:
     if not table.empty and table["date"].notna().any():
         table = table.assign(when=pd.to_datetime(table["date"], errors="coerce")).dropna(subset=["when"])
         whole = table[table["aoi"] == "all"].sort_values("when")
-        share.bar(whole["when"], whole["unobserved_fraction"].astype(float) * 100, width=6, color="0.8",
-                  label="unobserved (cloud, fill) %", zorder=0)
+        share.bar(
+            whole["when"],
+            whole["unobserved_fraction"].astype(float) * 100,
+            width=6,
+            color="0.8",
+            label="unobserved (cloud, fill) %",
+            zorder=0,
+        )
         for aoi, part in table.groupby("aoi", sort=False):
             part = part.sort_values("when")
             ax.plot(part["when"], part["kelp_ha"].astype(float), marker="o", label=f"kelp area ({aoi})")

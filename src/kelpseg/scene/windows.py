@@ -57,7 +57,7 @@ def overlap_pixels(size: int, overlap: float) -> int:
     """Overlap as a fraction of the window (``0 <= overlap < 1``) -> pixels."""
     if not 0 <= overlap < 1:
         raise KelpsegError(f"window overlap must be a fraction in [0, 1), got {overlap}")
-    return int(round(size * overlap))
+    return round(size * overlap)
 
 
 def window_grid(height: int, width: int, size: int, overlap: float = 0.5) -> WindowGrid:

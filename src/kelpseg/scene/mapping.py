@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -39,6 +40,8 @@ from kelpseg.train.transforms import pad_amounts
 
 log = logging.getLogger(__name__)
 DEM = BAND_INDEX["DEM"]
+#: GDAL block cache while mapping a scene (MB).
+GDAL_CACHE_MB = 256
 
 
 @dataclass
@@ -265,6 +268,19 @@ def map_scene(
 
     ``members`` (from :func:`load_members`) lets a series load the runs once.
     """
+    # GDAL's block cache defaults to 5 % of RAM and holds written blocks until it is full: capped,
+    # so that memory does not grow with the scene while the rasters are written and converted.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _map_scene(scene, run_dirs, out_dir, options, members)
+
+
+def _map_scene(
+    scene: str | Path | SceneSource,
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    options: SceneOptions | None,
+    members: tuple[list[Any], list[float], float, str] | None,
+) -> SceneResult:
     started = time.perf_counter()
     options = options or SceneOptions()
     source = scene if isinstance(scene, SceneSource) else open_scene(scene, options.qa_bits)

@@ -173,3 +173,22 @@ repro-top-2-submission: $(STAMP) ## models/top-submission-2/fold*/ → weighted 
 	$(KELPSEG) cv-predict $(sort $(wildcard models/top-submission-2/*/)) --data-dir $(DATA_DIR) \
 		--version top-2-submission --name repro-top-2 --mode soft --bf16 \
 		--weights $(TOP_2_WEIGHTS) --threshold $(TOP_2_THRESHOLD)
+
+# ---- whole Landsat scenes (see docs/scenes.md) ---------------------------------------------------
+.PHONY: scene scene-series synth-scene
+SCENE ?=
+SCENES_DIR ?= $(DATA_DIR)/scenes
+SCENE_OUTPUT_DIR ?= $(DATA_DIR)/scene-maps
+SCENE_ARGS ?=
+
+scene: $(STAMP) ## One C2 L2 scene → kelp COGs, polygons, summary (SCENE=… RUN_DIR=…; DEM=… AOI=…)
+	$(KELPSEG) scene $(SCENE) $(foreach r,$(RUN_DIR),--run-dir $(r)) -o $(SCENE_OUTPUT_DIR) \
+		$(if $(DEM),--dem $(DEM),) $(if $(AOI),--aoi $(AOI),) --workers $(WORKERS) $(SCENE_ARGS)
+
+scene-series: $(STAMP) ## Every scene in SCENES_DIR → time-series CSV + plot (RUN_DIR=…)
+	$(KELPSEG) scene-series $(SCENES_DIR) $(foreach r,$(RUN_DIR),--run-dir $(r)) -o $(SCENE_OUTPUT_DIR) \
+		$(if $(DEM),--dem $(DEM),) $(if $(AOI),--aoi $(AOI),) --workers $(WORKERS) $(SCENE_ARGS)
+
+synth-scene: $(STAMP) ## Synthetic C2 L2 scenes into SCENES_DIR (SIZE=2000, DATES=…)
+	$(KELPSEG) synth-scene -o $(SCENES_DIR) --size $(or $(SIZE),2000) --seed $(SEED) \
+		$(if $(DATES),--dates $(DATES),--dates 2019-07-01,2020-07-15,2021-08-01)

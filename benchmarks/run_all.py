@@ -20,9 +20,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_data import BENCHMARKS as DATA_BENCHMARKS
 from bench_model import BENCHMARKS as MODEL_BENCHMARKS
+from bench_scene import BENCHMARKS as SCENE_BENCHMARKS
 from kelpseg.cli import quiet_libraries
 
-BENCHMARKS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {**DATA_BENCHMARKS, **MODEL_BENCHMARKS}
+BENCHMARKS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {
+    **DATA_BENCHMARKS,
+    **MODEL_BENCHMARKS,
+    **SCENE_BENCHMARKS,
+}
 
 
 def main() -> None:

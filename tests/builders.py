@@ -94,3 +94,29 @@ def tiny_train_config(layout: DataLayout, out: Path, steps: int, **overrides: ob
     }
     options.update(overrides)
     return TrainConfig(**options)
+
+
+# ---- a trained run in seconds (scene mapping tests) ----------------------------------------------
+def tiny_run_dir(root: Path) -> Path:
+    """Train a 1-step ResNet-18 UNet on three random tiles; returns its run dir (~20 s on a CPU)."""
+    from kelpseg.prep.band_stats import compute_band_stats
+    from kelpseg.train.run import train
+
+    ids = ["A1", "A2", "A3"]
+    layout = write_dataset(root / "data", ids, [])
+    split = pd.DataFrame(
+        {"tile_id": ids, "original_split": ["train"] * 3, "split_0": ["train", "train", "val"]}
+    )
+    layout.split_path("cross_val").parent.mkdir(parents=True, exist_ok=True)
+    split.to_parquet(layout.split_path("cross_val"), index=False)
+    compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=1, progress=False)
+    config = tiny_train_config(
+        layout,
+        root / "runs",
+        steps=1,
+        epochs=1,
+        run_name="tiny",
+        limit_val_batches=1,
+        use_weighted_sampler=False,
+    )
+    return train(config, layout, progress=False)

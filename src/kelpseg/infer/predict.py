@@ -157,6 +157,31 @@ class InferenceOptions:
         }
 
 
+def model_probabilities(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    options: InferenceOptions,
+    autocast: contextlib.AbstractContextManager[Any] | None = None,
+) -> torch.Tensor:
+    """Model input ``(N, C, S, S)`` -> kelp probabilities ``(N, 1, S, S)`` float32 (TTA, bf16 as asked).
+
+    The one place that turns a transformed batch into probabilities: the tile and scene paths
+    both call it, so TTA and autocast behave the same in each.
+    """
+    if autocast is None:
+        autocast = (
+            torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+            if options.bf16
+            else contextlib.nullcontext()
+        )
+    with autocast:
+        if options.tta:
+            prob = predict_with_tta(model, x, options.tta_transforms, options.tta_merge)
+        else:
+            prob = torch.sigmoid(model(x).float())
+    return prob.float()
+
+
 def iter_probabilities(
     run: Any,
     image_paths: Sequence[Path],
@@ -198,13 +223,8 @@ def iter_probabilities(
                 if errors:
                     raise TileError(errors[0])
                 raw = batch["image"].to(device, non_blocking=True)
-                x = transform(raw)
-                with autocast:
-                    if options.tta:
-                        prob = predict_with_tta(model, x, options.tta_transforms, options.tta_merge)
-                    else:
-                        prob = torch.sigmoid(model(x).float())
-                prob = run.unpad(prob.float())[:, 0]
+                prob = model_probabilities(model, transform(raw), options, autocast)
+                prob = run.unpad(prob)[:, 0]
                 if options.land_mask:
                     prob = torch.where(raw[:, DEM] > 0, torch.zeros_like(prob), prob)
                 bar.update(len(batch["tile_id"]))

@@ -1,0 +1,446 @@
+"""Scene outputs: probability and mask COGs, kelp polygons (GeoPackage), summary JSON + CSV row.
+
+Everything is first written into a staging folder beside the outputs and renamed into place at
+the end, so a failed run leaves earlier outputs intact and no half-written file:
+
+* ``<scene>_probability.tif``: uint8 percent 0–100, nodata 255 (fill, outside the AOI);
+* ``<scene>_kelp.tif``: 0/1 kelp mask, nodata 255, with a colour table (dark water, bright
+  kelp, transparent nodata);
+  both Cloud-Optimised GeoTIFFs (deflate, 512-px internal tiles, overviews), in the scene's CRS
+  and on its grid (or the AOI's part of it), every option recorded in the file tags;
+* ``<scene>_kelp.gpkg``: layer ``kelp``, one polygon per kelp bed (8-connected pixels), beds
+  smaller than the minimum mapping unit dropped; fields ``area_m2``, ``area_ha``,
+  ``perimeter_m`` (geodesic, on the WGS84 ellipsoid), ``n_pixels``, ``mean_probability``,
+  ``scene_id``, ``sensor``, ``acquired`` (date and time);
+* ``<scene>_summary.json`` and ``<scene>_summary.csv`` (one row).
+
+Areas. ``kelp_ha_pixels`` counts kelp pixels × pixel area (|a·e| of the transform in a projected
+CRS: 900 m² for Landsat; in a geographic CRS each row's pixels get their geodesic area, never
+degree²). ``kelp_ha_polygons`` is the geodesic area of the (sieved) polygons. A projected CRS's
+nominal pixel area is not the true ground area (UTM's scale factor shifts it by up to ~0.2 %
+inside a zone), which is why both are given.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.shutil
+from rasterio.windows import Window
+
+from kelpseg.errors import KelpsegError
+from kelpseg.evaluate.evaluate import binarize
+from kelpseg.io.atomic import write_json, write_text
+from kelpseg.scene.stitch import Strip
+
+NODATA = 255
+PROB_SCALE = 100
+MASK_COLORS = {0: (18, 40, 72, 255), 1: (60, 230, 90, 255), NODATA: (0, 0, 0, 0)}
+BLOCK = 512
+
+
+def output_paths(out_dir: Path, scene_id: str) -> dict[str, Path]:
+    return {
+        "probability": out_dir / f"{scene_id}_probability.tif",
+        "mask": out_dir / f"{scene_id}_kelp.tif",
+        "polygons": out_dir / f"{scene_id}_kelp.gpkg",
+        "summary_json": out_dir / f"{scene_id}_summary.json",
+        "summary_csv": out_dir / f"{scene_id}_summary.csv",
+    }
+
+
+# ---- areas -------------------------------------------------------------------------------------
+def _geod() -> Any:
+    from pyproj import Geod
+
+    return Geod(ellps="WGS84")
+
+
+def row_pixel_areas(transform: Any, crs: Any, row0: int, n: int) -> np.ndarray:
+    """Area in m² of one pixel in each of rows ``row0 … row0 + n − 1``.
+
+    Projected CRS: the nominal |a·e| (in metres², scaled by the CRS's linear unit). Geographic:
+    the geodesic area of the pixel at that row's latitude.
+    """
+    if crs.is_projected:
+        unit = float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0
+        return np.full(n, abs(transform.a * transform.e) * unit * unit, np.float64)
+    geod = _geod()
+    out = np.empty(n, np.float64)
+    for i in range(n):
+        x0, y0 = transform * (0, row0 + i)
+        x1, y1 = transform * (1, row0 + i + 1)
+        area, _ = geod.polygon_area_perimeter([x0, x1, x1, x0], [y0, y0, y1, y1])
+        out[i] = abs(area)
+    return out
+
+
+# ---- area counts -------------------------------------------------------------------------------
+COUNT_KEYS = ("region", "valid", "fill", "cloud", "clear", "clear_water", "kelp")
+
+
+@dataclass
+class AreaCounts:
+    """Pixel counts and areas (m²) of one AOI polygon (or the whole region)."""
+
+    pixels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    m2: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0.0))
+
+    def add(self, name: str, mask: np.ndarray, row_areas: np.ndarray) -> None:
+        per_row = mask.sum(axis=1)
+        self.pixels[name] += int(per_row.sum())
+        self.m2[name] += float((per_row * row_areas).sum())
+
+    def hectares(self) -> dict[str, float]:
+        return {f"{k}_ha": round(v / 1e4, 4) for k, v in self.m2.items()}
+
+
+# ---- the writer --------------------------------------------------------------------------------
+class SceneWriter:
+    """Receives finished strips (:class:`Strip`), writes rasters and counts areas as they come."""
+
+    def __init__(
+        self,
+        staging: Path,
+        scene_id: str,
+        crs: Any,
+        transform: Any,
+        width: int,
+        height: int,
+        threshold: float,
+        aoi: Sequence[Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.staging, self.scene_id = staging, scene_id
+        self.crs, self.transform = crs, transform
+        self.width, self.height = width, height
+        self.threshold = float(threshold)
+        self.aoi = list(aoi) if aoi else []
+        self.tags = dict(tags or {})
+        profile = {
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "count": 1,
+            "width": width,
+            "height": height,
+            "crs": crs,
+            "transform": transform,
+            "nodata": NODATA,
+            "tiled": True,
+            "blockxsize": BLOCK,
+            "blockysize": BLOCK,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+        }
+        self._prob = rasterio.open(staging / "probability.raw.tif", "w", **profile)
+        self._mask = rasterio.open(staging / "mask.raw.tif", "w", **profile)
+        self._kelp = rasterio.open(staging / "kelp01.raw.tif", "w", **{**profile, "nodata": None})
+        self.total = AreaCounts()
+        self.per_aoi = [AreaCounts() for _ in self.aoi]
+
+    def _aoi_ids(self, strip: Strip) -> np.ndarray | None:
+        """(n, width) int32: 1-based index of the first AOI polygon holding each pixel, 0 outside."""
+        if not self.aoi:
+            return None
+        n = strip.prob.shape[0]
+        window_transform = self.transform * rasterio.Affine.translation(0, strip.row)
+        shapes = [(g, i + 1) for i, g in reversed(list(enumerate(self.aoi)))]
+        return rasterio.features.rasterize(
+            shapes, out_shape=(n, self.width), transform=window_transform, fill=0, dtype="int32"
+        )
+
+    def write(self, strip: Strip) -> None:
+        n = strip.prob.shape[0]
+        ids = self._aoi_ids(strip)
+        inside = np.ones((n, self.width), bool) if ids is None else ids > 0
+        valid = strip.valid & inside & np.isfinite(strip.prob)
+        prob = np.nan_to_num(strip.prob, nan=0.0)
+        kelp = binarize(prob, self.threshold) & valid
+        pct = np.where(valid, np.rint(np.clip(prob, 0, 1) * PROB_SCALE), NODATA).astype(np.uint8)
+        mask = np.where(valid, kelp, NODATA).astype(np.uint8)
+        window = Window(0, strip.row, self.width, n)
+        self._prob.write(pct, 1, window=window)
+        self._mask.write(mask, 1, window=window)
+        self._kelp.write(kelp.astype(np.uint8), 1, window=window)
+
+        areas = row_pixel_areas(self.transform, self.crs, strip.row, n)
+        cloud = valid & strip.cloud
+        clear = valid & ~strip.cloud
+        layers = {
+            "valid": valid,
+            "fill": inside & ~valid,
+            "cloud": cloud,
+            "clear": clear,
+            "clear_water": clear & strip.water,
+            "kelp": kelp,
+        }
+        targets = [(self.total, inside)]
+        if ids is not None:
+            targets += [(counts, ids == i + 1) for i, counts in enumerate(self.per_aoi)]
+        for counts, where in targets:
+            counts.add("region", where, areas)
+            for name, layer in layers.items():
+                counts.add(name, layer & where, areas)
+
+    def close(self) -> None:
+        for ds in (self._prob, self._mask, self._kelp):
+            if not ds.closed:
+                ds.close()
+
+    # ---- finishing --------------------------------------------------------------------------
+    def finish(self, meta: dict[str, Any], min_mapping_unit: int) -> dict[str, Any]:
+        """Close the rasters, write COGs and polygons into the staging folder; returns polygon stats."""
+        self.close()
+        paths = output_paths(self.staging, self.scene_id)
+        tags = {**self.tags, "threshold": str(self.threshold), "scene_id": self.scene_id}
+        _to_cog(
+            self.staging / "probability.raw.tif",
+            paths["probability"],
+            tags,
+            "AVERAGE",
+            description="kelp probability (percent)",
+        )
+        _to_cog(
+            self.staging / "mask.raw.tif",
+            paths["mask"],
+            tags,
+            "NEAREST",
+            colors=MASK_COLORS,
+            description="kelp mask (1 kelp, 0 not kelp)",
+        )
+        stats = write_polygons(
+            self.staging / "kelp01.raw.tif",
+            paths["probability"],
+            paths["polygons"],
+            self.crs,
+            min_mapping_unit,
+            meta,
+        )
+        for name in ("probability.raw.tif", "mask.raw.tif", "kelp01.raw.tif"):
+            (self.staging / name).unlink(missing_ok=True)
+        return stats
+
+
+def _to_cog(
+    src_path: Path,
+    dst: Path,
+    tags: dict[str, str],
+    resampling: str,
+    colors: dict[int, tuple[int, int, int, int]] | None = None,
+    description: str = "",
+) -> None:
+    with rasterio.open(src_path, "r+") as ds:
+        ds.update_tags(**tags)
+        if description:
+            ds.set_band_description(1, description)
+        if colors:
+            ds.write_colormap(1, colors)
+    rasterio.shutil.copy(
+        src_path,
+        dst,
+        driver="COG",
+        COMPRESS="DEFLATE",
+        BLOCKSIZE=BLOCK,
+        OVERVIEWS="AUTO",
+        OVERVIEW_RESAMPLING=resampling,
+        RESAMPLING=resampling,
+        BIGTIFF="IF_SAFER",
+    )
+
+
+# ---- polygons ----------------------------------------------------------------------------------
+POLYGON_FIELDS = (
+    "area_m2",
+    "area_ha",
+    "perimeter_m",
+    "n_pixels",
+    "mean_probability",
+    "scene_id",
+    "sensor",
+    "acquired",
+)
+
+
+def _to_lonlat(crs: Any) -> Any:
+    from pyproj import CRS, Transformer
+
+    return Transformer.from_crs(CRS.from_wkt(crs.to_wkt()), CRS.from_epsg(4326), always_xy=True)
+
+
+def geodesic_area_perimeter(geom: Any, transformer: Any) -> tuple[float, float]:
+    """(area m², perimeter m) of a shapely polygon in the scene CRS, on the WGS84 ellipsoid."""
+    import shapely
+
+    lonlat = shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+    area, perimeter = _geod().geometry_area_perimeter(lonlat)
+    return abs(float(area)), float(perimeter)
+
+
+def write_polygons(
+    kelp_path: Path,
+    prob_path: Path,
+    target: Path,
+    crs: Any,
+    min_mapping_unit: int,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Polygonise the 0/1 kelp raster (streamed by GDAL), sieve, measure, write a GeoPackage."""
+    import pyogrio.raw
+    import shapely
+    from shapely.geometry import shape
+
+    transformer = _to_lonlat(crs)
+    rows: list[dict[str, Any]] = []
+    geoms = []
+    dropped = 0
+    acquired = " ".join(str(meta.get(k) or "") for k in ("date", "time")).strip()
+    with rasterio.open(kelp_path) as kelp, rasterio.open(prob_path) as prob:
+        pixel = abs(kelp.transform.a * kelp.transform.e)
+        band = rasterio.band(kelp, 1)
+        for geojson, _ in rasterio.features.shapes(band, mask=band, connectivity=8, transform=kelp.transform):
+            geom = shape(geojson)
+            n_pixels = round(geom.area / pixel)
+            if n_pixels < min_mapping_unit:
+                dropped += 1
+                continue
+            area, perimeter = geodesic_area_perimeter(geom, transformer)
+            rows.append(
+                {
+                    "area_m2": area,
+                    "area_ha": area / 1e4,
+                    "perimeter_m": perimeter,
+                    "n_pixels": n_pixels,
+                    "mean_probability": _mean_probability(prob, geom),
+                    "scene_id": str(meta.get("scene_id", "")),
+                    "sensor": str(meta.get("sensor", "")),
+                    "acquired": acquired,
+                }
+            )
+            geoms.append(geom)
+    fields = list(POLYGON_FIELDS)
+    dtypes = [np.float64, np.float64, np.float64, np.int64, np.float64, object, object, object]
+    data = [np.array([r[f] for r in rows], dtype=d) for f, d in zip(fields, dtypes, strict=True)]
+    wkb = np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object)
+    pyogrio.raw.write(
+        str(target),
+        geometry=wkb,
+        field_data=data,
+        fields=fields,
+        layer="kelp",
+        driver="GPKG",
+        geometry_type="Polygon",
+        crs=crs.to_wkt(),
+    )
+    return {
+        "n_polygons": len(rows),
+        "n_dropped_below_mmu": dropped,
+        "kelp_m2_polygons": float(sum(r["area_m2"] for r in rows)),
+    }
+
+
+def _mean_probability(prob: Any, geom: Any) -> float:
+    left, bottom, right, top = geom.bounds
+    window = rasterio.windows.from_bounds(left, bottom, right, top, prob.transform)
+    window = window.round_offsets().round_lengths()
+    data = prob.read(1, window=window)
+    inside = rasterio.features.geometry_mask(
+        [geom], out_shape=data.shape, transform=prob.window_transform(window), invert=True
+    )
+    values = data[inside & (data != NODATA)]
+    return float(values.mean() / PROB_SCALE) if values.size else float("nan")
+
+
+# ---- summary -----------------------------------------------------------------------------------
+SUMMARY_COLUMNS = (
+    "scene_id",
+    "spacecraft",
+    "sensor",
+    "wrs_path",
+    "wrs_row",
+    "date",
+    "time",
+    "cloud_cover",
+    "aoi",
+    "kelp_ha",
+    "kelp_ha_polygons",
+    "n_polygons",
+    "observed_clear_ha",
+    "clear_water_ha",
+    "cloud_masked_ha",
+    "fill_ha",
+    "region_ha",
+    "unobserved_fraction",
+    "threshold",
+    "runs",
+)
+
+
+def summary_row(meta: dict[str, Any], aoi: str, counts: AreaCounts, extra: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row of a scene (or of one AOI polygon of it)."""
+    ha = counts.hectares()
+    region = ha["region_ha"]
+    unobserved = (ha["cloud_ha"] + ha["fill_ha"]) / region if region > 0 else float("nan")
+    return {
+        **{
+            k: meta.get(k)
+            for k in (
+                "scene_id",
+                "spacecraft",
+                "sensor",
+                "wrs_path",
+                "wrs_row",
+                "date",
+                "time",
+                "cloud_cover",
+            )
+        },
+        "aoi": aoi,
+        "kelp_ha": ha["kelp_ha"],
+        "kelp_ha_polygons": extra.get("kelp_ha_polygons"),
+        "n_polygons": extra.get("n_polygons"),
+        "observed_clear_ha": ha["clear_ha"],
+        "clear_water_ha": ha["clear_water_ha"],
+        "cloud_masked_ha": ha["cloud_ha"],
+        "fill_ha": ha["fill_ha"],
+        "region_ha": region,
+        "unobserved_fraction": round(unobserved, 6),
+        "threshold": extra.get("threshold"),
+        "runs": extra.get("runs"),
+    }
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_summary(staging: Path, scene_id: str, summary: dict[str, Any], row: dict[str, Any]) -> None:
+    paths = output_paths(staging, scene_id)
+    write_json(paths["summary_json"], summary)
+    write_text(paths["summary_csv"], csv_text([row]))
+
+
+def publish(staging: Path, out_dir: Path, scene_id: str) -> dict[str, Path]:
+    """Rename every staged output into ``out_dir`` (same file system: each rename is atomic)."""
+    staged = output_paths(staging, scene_id)
+    final = output_paths(out_dir, scene_id)
+    missing = [str(p) for p in staged.values() if not p.exists()]
+    if missing:
+        raise KelpsegError(f"{staging}: outputs missing before publishing: {missing}")
+    for key, path in staged.items():
+        os.replace(path, final[key])
+    shutil.rmtree(staging, ignore_errors=True)
+    return final

@@ -1,0 +1,84 @@
+"""A quick-look PNG of a mapped scene: true colour, the kelp probability, and the kelp mask.
+
+Read at reduced resolution (``max_px`` a side, through the COG overviews), so it is cheap for a
+full 8,000² scene. With ``truth`` (a 0/1 raster on the same grid, as the synthetic scenes write)
+a fourth panel shows the true kelp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from kelpseg.bands import BAND_INDEX, FILL_VALUE
+from kelpseg.io.atomic import save_figure
+from kelpseg.scene.c2l2 import open_scene
+from kelpseg.scene.outputs import NODATA, PROB_SCALE
+
+
+def _read_small(path: str | Path, shape: tuple[int, int], nearest: bool = True) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1, out_shape=shape, resampling=Resampling.nearest if nearest else Resampling.average)
+
+
+def write_scene_preview(
+    scene: str | Path,
+    probability: str | Path,
+    mask: str | Path,
+    target: str | Path,
+    truth: str | Path | None = None,
+    max_px: int = 900,
+    crop: tuple[int, int, int, int] | None = None,
+) -> Path:
+    """PNG with panels true colour | probability | mask (| truth). ``crop``: (row, col, h, w) of the scene."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source = open_scene(scene)
+    row, col, h, w = crop or (0, 0, source.height, source.width)
+    step = max(1, int(np.ceil(max(h, w) / max_px)))
+    with source.open() as reader:
+        px = reader.read(row, col, h, w)
+    stack = px.stack[:, ::step, ::step]
+    rgb = np.stack([stack[BAND_INDEX[b]] for b in ("R", "G", "B")], -1).astype(np.float32)
+    valid = np.all(stack[:5] != FILL_VALUE, axis=0)
+    lo, hi = np.percentile(rgb[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    rgb = np.clip((rgb - lo) / max(hi - lo, 1.0), 0, 1)
+    rgb[~valid] = 1.0
+    with rasterio.open(mask) as src:
+        full = src.height, src.width
+    layers = {}
+    for name, path in (("probability", probability), ("mask", mask), ("truth", truth)):
+        if path is None:
+            continue
+        with rasterio.open(path) as src:
+            data = src.read(1, window=rasterio.windows.Window(col, row, w, h))[::step, ::step]
+        layers[name] = np.ma.masked_equal(data, NODATA)
+    assert full[0] >= row + h and full[1] >= col + w
+    n = 1 + len(layers)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), dpi=110)
+    axes[0].imshow(rgb)
+    axes[0].set_title(f"{source.meta.sensor} {source.meta.date} true colour", fontsize=9)
+    for ax, (name, data) in zip(axes[1:], layers.items(), strict=True):
+        if name == "probability":
+            shown = ax.imshow(data / PROB_SCALE, cmap="viridis", vmin=0, vmax=1)
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+            ax.set_title("kelp probability", fontsize=9)
+        else:
+            ax.imshow(rgb * 0.55)
+            kelp = np.ma.masked_not_equal(data, 1)
+            ax.imshow(kelp, cmap="autumn", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title("predicted kelp" if name == "mask" else "true kelp", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(source.meta.scene_id, fontsize=9)
+    fig.tight_layout()
+    out = save_figure(target, fig)
+    plt.close(fig)
+    return out

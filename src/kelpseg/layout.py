@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from kelpseg.errors import KelpsegError
+
 METADATA_FILENAME = "metadata_fTq0l2T.csv"
 IMAGE_SUFFIX = "_satellite.tif"
 MASK_SUFFIX = "_kelp.tif"
@@ -310,3 +312,115 @@ def run_formats() -> list[str]:
 def detect_run_format(root: str | Path) -> str | None:
     """The ``kind`` of the first registered format that recognises ``root``; None for none."""
     return next((f.kind for f in _RUN_FORMATS if f.matches(Path(root))), None)
+
+
+# ---- run directories of the reference solution ------------------------------------------------
+# Every layout its ``predict.py`` accepts (reference-system.md §5.1):
+#
+# * Azure ML export (``Job_<name>_OutputsAndLogs/``, the published models): ``model/`` and
+#   ``config.yaml`` at the root, which is then the artifacts folder;
+# * MLflow run (``mlruns/<exp>/<run>/``): the same under ``artifacts/``.
+#
+# Checkpoints, under ``<artifacts>/model/checkpoints/``: ``best`` is the first sub-folder (sorted)
+# whose ``aliases.txt`` names ``'best'`` (file ``<dir>/<dir>.ckpt``); ``latest`` (kelpseg's
+# ``last`` means the same) is ``last/last.ckpt``; any other value is a file path. Without
+# ``checkpoints/``, ``<artifacts>/model`` is an MLflow pytorch model folder (``MLmodel``).
+# Registered before kelpseg's own format: an Azure ML export also has a ``config.yaml``.
+REF_CONFIG = "config.yaml"
+REF_MODEL_DIR = "model"
+REF_ARTIFACTS_DIR = "artifacts"
+REF_CHECKPOINTS = "checkpoints"
+REF_ALIASES = "aliases.txt"
+REF_MLFLOW_MODEL_FILE = "MLmodel"
+REF_LATEST_NAMES = ("latest", "last")
+
+
+class ReferenceRunError(KelpsegError):
+    """A reference run directory lacks what its format requires."""
+
+
+@dataclass(frozen=True)
+class ReferenceRunLayout:
+    """Paths inside a run directory of the reference solution (see the comment above)."""
+
+    root: Path
+
+    kind: ClassVar[str] = "reference"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def matches(cls, root: str | Path) -> bool:
+        root = Path(root)
+        return (
+            (root / REF_MODEL_DIR).is_dir()
+            or (root / REF_ARTIFACTS_DIR / REF_MODEL_DIR).is_dir()
+            or ((root / REF_ARTIFACTS_DIR / REF_CONFIG).is_file())
+        )
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def artifacts(self) -> Path:
+        if (self.root / REF_MODEL_DIR).exists():
+            return self.root
+        if (self.root / REF_ARTIFACTS_DIR).exists():
+            return self.root / REF_ARTIFACTS_DIR
+        raise ReferenceRunError(
+            f"{self.root}: not a run directory: expected {REF_MODEL_DIR}/ (Azure ML export) or "
+            f"{REF_ARTIFACTS_DIR}/ (MLflow run) in it"
+        )
+
+    @property
+    def config(self) -> Path:
+        return self.artifacts / REF_CONFIG
+
+    @property
+    def model_dir(self) -> Path:
+        return self.artifacts / REF_MODEL_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.model_dir / REF_CHECKPOINTS
+
+    @property
+    def threshold(self) -> Path:
+        """Where ``kelpseg eval`` stores the fitted threshold (same name as in kelpseg runs)."""
+        return self.root / RunLayout.THRESHOLD
+
+    def is_mlflow_model(self) -> bool:
+        return not self.checkpoints.is_dir() and (self.model_dir / REF_MLFLOW_MODEL_FILE).is_file()
+
+    def checkpoint(self, name: str = "best") -> Path:
+        """The checkpoint file for ``best`` / ``latest`` (``last``) / a path; errors name the folder."""
+        if name not in ("best", *REF_LATEST_NAMES):
+            path = Path(name)
+            if not path.is_file():
+                raise ReferenceRunError(f"{path}: checkpoint not found")
+            return path
+        if not self.checkpoints.is_dir():
+            if self.is_mlflow_model():
+                return self.model_dir
+            raise ReferenceRunError(
+                f"{self.model_dir}: no {REF_CHECKPOINTS}/ folder and no MLflow model "
+                f"({REF_MLFLOW_MODEL_FILE})"
+            )
+        if name in REF_LATEST_NAMES:
+            path = self.checkpoints / "last" / "last.ckpt"
+            if not path.is_file():
+                raise ReferenceRunError(f"{path}: the latest checkpoint is missing")
+            return path
+        for folder in sorted(p for p in self.checkpoints.iterdir() if p.is_dir()):
+            aliases = folder / REF_ALIASES
+            if aliases.is_file() and "'best'" in aliases.read_text():
+                path = folder / f"{folder.name}.ckpt"
+                if not path.is_file():
+                    raise ReferenceRunError(f"{path}: checkpoint aliased 'best' is missing")
+                return path
+        raise ReferenceRunError(f"{self.checkpoints}: no checkpoint folder whose {REF_ALIASES} names 'best'")
+
+
+register_run_format(ReferenceRunLayout, first=True)

@@ -39,6 +39,13 @@ DEMWM
     it is 0 (water), consistent with the water mask; the reference produced NaN there, which its NaN
     filling then replaced by the channel minimum 0, so the value seen by its models was the same.
 
+Reference numerics (``compute_indices(..., reference_numerics=True)``)
+    Reproduces the reference's arithmetic bit for bit where kelpseg changed it, for predicting with
+    its trained models: plain ``a / (b + EPS)`` (a zero denominator gives ``a/EPS``, 0 for ``0/0``),
+    mCRIG without EPS, MSAVI in its literal form, DEMWM NaN where the DEM is missing, the water mask
+    ``DEMWM == 0`` (so DEM-nodata pixels are masked), masked pixels NaN whatever ``fill`` is, and
+    ±inf left in place (its ``RemoveNaNs`` later maps them with the channel stats).
+
 Numerics
     float32 and float64 inputs keep their dtype; other dtypes (ints, halves) are computed in float32.
     MSAVI is evaluated in the cancellation-free form ``b / (2(a + sqrt(a² − b)))`` of the same formula
@@ -47,6 +54,7 @@ Numerics
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import inspect
 import sys
@@ -63,6 +71,10 @@ Array = Any  # numpy.ndarray or torch.Tensor
 
 EPS = 1e-10
 NAN = float("nan")
+#: True while :func:`compute_indices` runs with ``reference_numerics`` (see the module docstring).
+_REFERENCE_NUMERICS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "reference_numerics", default=False
+)
 
 
 class UnknownIndexError(KelpsegError, ValueError):
@@ -155,6 +167,8 @@ def _concat(arrays: list[Array]) -> Array:
 
 def _div(a: Array | float, b: Array) -> Array:
     """``a / (b + EPS)`` as the reference, but NaN where ``|b| < EPS`` (never ±inf or a huge number)."""
+    if _REFERENCE_NUMERICS.get():
+        return a / (b + EPS)
     return _where(_abs(b) < EPS, NAN, a / (b + EPS))
 
 
@@ -339,6 +353,8 @@ def _logr(NIR: Array, R: Array) -> Array:
     do_not_use=True,
 )
 def _mcrig(NIR: Array, G: Array, B: Array) -> Array:
+    if _REFERENCE_NUMERICS.get():
+        return (1.0 / B - 1.0 / G) * NIR
     return (_div(1.0, B) - _div(1.0, G)) * NIR
 
 
@@ -367,6 +383,8 @@ def _msavi(NIR: Array, R: Array) -> Array:
     a = 2 * NIR + 1
     b = 8 * (NIR - R)
     root = _sqrt(a * a - b)
+    if _REFERENCE_NUMERICS.get():
+        return (a - root) / 2
     # (a − root)/2 == b/(2(a + root)); the second form has no cancellation when a > 0.
     return _where(a > 0, _div(b, 2 * (a + root)), (a - root) / 2)
 
@@ -484,6 +502,8 @@ def _wdrvi(NIR: Array, R: Array) -> Array:
     binary=True,
 )
 def _demwm(DEM: Array) -> Array:
+    if _REFERENCE_NUMERICS.get():
+        return _maximum(DEM, 0.0)
     return _where(_isnan(DEM), 0.0, _maximum(DEM, 0.0))
 
 
@@ -707,6 +727,8 @@ def water_mask(x: Array, positions: Mapping[str, int]) -> Array:
     """Boolean ``(..., H, W)``: True where water, i.e. ``DEM <= 0`` or the DEM is missing (NaN)."""
     _check_shape(x)
     dem = _band(x, positions, "DEM", "the water mask")
+    if _REFERENCE_NUMERICS.get():
+        return dem <= 0  # its DEMWM == 0: false where the DEM is missing
     return (dem <= 0) | _isnan(dem)
 
 
@@ -780,7 +802,7 @@ def _compute_block(
             value = spec.func(**{b: x[:, positions[b]] for b in spec.needs})
             if keep is not None and spec.maskable:
                 value = _where(keep, value, NAN)
-            out.append(_finite_or(value, fill))
+            out.append(value if _REFERENCE_NUMERICS.get() else _finite_or(value, fill))
         return _stack(out, like=x)
 
 
@@ -792,13 +814,30 @@ def compute_indices(
     mask_using_qa: bool = False,
     mask_using_water_mask: bool = False,
     fill: float = NAN,
+    reference_numerics: bool = False,
 ) -> Array:
     """Indices ``names`` of the stack ``x`` (..., C, H, W) as an array (..., len(names), H, W).
 
     ``positions`` maps band name -> channel of ``x``. Masked pixels and every non-finite value become
     ``fill``; indices with ``maskable=False`` are never masked. Returns the input's type, device and
-    float dtype (float32 for non-float inputs).
+    float dtype (float32 for non-float inputs). ``reference_numerics``: the reference's arithmetic
+    (module docstring).
     """
+    token = _REFERENCE_NUMERICS.set(bool(reference_numerics))
+    try:
+        return _compute_indices(x, positions, names, mask_using_qa, mask_using_water_mask, fill)
+    finally:
+        _REFERENCE_NUMERICS.reset(token)
+
+
+def _compute_indices(
+    x: Array,
+    positions: Mapping[str, int],
+    names: str | Iterable[str],
+    mask_using_qa: bool,
+    mask_using_water_mask: bool,
+    fill: float,
+) -> Array:
     specs = [get_index(n) for n in validate_index_names(names)]
     _check_shape(x)
     x = _as_float_input(x)

@@ -21,6 +21,7 @@ searches the threshold on an exact grid (:mod:`kelpseg.evaluate.threshold`) and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -142,6 +143,13 @@ class InferenceOptions:
     num_workers: int = 2
     device: str | torch.device | None = None
     progress: bool = True
+    #: Reference run directories only (kelpseg runs carry their own stats): the stats JSON, or
+    #: the data directory whose ``processed/`` holds it (see :mod:`kelpseg.reference`).
+    band_stats: Path | None = None
+    data_dir: Path | None = None
+    #: Reference runs: kelp probability as "sigmoid" of its kelp logit (its behaviour, default)
+    #: or "softmax" over its two logits (the fix of its [Q] defect; changes the predictions).
+    reference_score: str = "sigmoid"
 
     def to_dict(self) -> dict[str, Any]:
         """The options as recorded next to predictions (device and progress left out)."""
@@ -154,6 +162,8 @@ class InferenceOptions:
             "land_mask": self.land_mask,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
+            "band_stats": None if self.band_stats is None else str(self.band_stats),
+            "reference_score": self.reference_score,
         }
 
 
@@ -273,10 +283,16 @@ def resolve_threshold(run_dir: Path, config: Any, threshold: float | None) -> tu
     return value, source
 
 
-def _load_run(run_dir: Path, checkpoint: str) -> Any:
+def _load_run(run_dir: Path, options: InferenceOptions) -> Any:
     from kelpseg.train.run import load_run
 
-    return load_run(run_dir, checkpoint)
+    return load_run(
+        run_dir,
+        options.checkpoint,
+        band_stats=options.band_stats,
+        data_dir=options.data_dir,
+        reference_score=options.reference_score,
+    )
 
 
 def predict_with_run(
@@ -338,7 +354,7 @@ def predict_folder(
     paths = resolve_inputs(inputs)
     validate_inputs(paths, progress=False)
     ensure_writable(output_dir)  # before the model loads and a batch runs
-    run = _load_run(run_dir, options.checkpoint)
+    run = _load_run(run_dir, options)
     value, source = (None, None) if soft else resolve_threshold(run_dir, run.config, threshold)
     ids = predict_with_run(run, paths, output_dir, soft, value, options)
     seconds = time.perf_counter() - started
@@ -422,7 +438,9 @@ def evaluate_run(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     options = options or InferenceOptions()
-    run = _load_run(run_dir, options.checkpoint)
+    if layout is not None and options.data_dir is None:  # a reference run finds its stats there
+        options = dataclasses.replace(options, data_dir=layout.root)
+    run = _load_run(run_dir, options)
     layout = layout or DataLayout(Path(run.config.data_dir))
     ids = validation_tiles(run_dir, run.config, layout)
     images, masks = _val_paths(ids, layout)

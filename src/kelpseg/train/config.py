@@ -61,13 +61,16 @@ class TrainConfig(BaseModel):
     spectral_indices: list[str] = Field(default_factory=lambda: ["DEMWM", "NDVI"])
     image_size: int = Field(352, gt=0)
     resize_strategy: Literal["pad", "resize"] = "pad"
-    interpolation: Literal["nearest", "bilinear", "bicubic"] = "nearest"
+    interpolation: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "nearest"
     normalization_strategy: Literal[
         "quantile", "min-max", "z-score", "per-sample-quantile", "per-sample-min-max"
     ] = "quantile"
     fill_missing_pixels_with_nan: bool = True
     mask_using_qa: bool = True
     mask_using_water_mask: bool = True
+    #: The reference solution's preprocessing order (pad/resize the raw tile before the indices;
+    #: its stats files' non-finite min/max accepted): set for runs imported from it.
+    reference_preprocessing: bool = False
     augment: bool = True
     train_crop_size: int | None = Field(None, gt=0)
     use_weighted_sampler: bool = True

@@ -47,7 +47,7 @@ from torch import nn
 from kelpseg import provenance, tracking
 from kelpseg.errors import Interrupted, KelpsegError, WriteError
 from kelpseg.io.atomic import atomic_path, write_json
-from kelpseg.layout import DataLayout, RunLayout
+from kelpseg.layout import DataLayout, RunLayout, detect_run_format
 from kelpseg.progress import is_terminal, verbose
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.module import KelpSegmentationModule
@@ -698,10 +698,40 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> K
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str = "best", map_location: str | torch.device = "cpu"
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    map_location: str | torch.device = "cpu",
+    *,
+    band_stats: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    reference_score: str = "sigmoid",
 ) -> LoadedRun:
-    """Rebuild model and transform of a run from its checkpoint alone (the config file must exist)."""
+    """Rebuild model and transform of a run, whatever its format (:func:`detect_run_format`).
+
+    A kelpseg run needs its checkpoint alone (the config file must exist). A run directory of the
+    reference solution (:mod:`kelpseg.reference`) needs its band stats: ``band_stats`` (a file)
+    or ``data_dir`` (its ``processed/`` holds the reference's stats JSON); ``reference_score``
+    says how its two logits become the kelp probability ("sigmoid" as the reference did,
+    "softmax" the fix). Both are ignored for kelpseg runs, which carry their own.
+    """
     run_dir = Path(run_dir)
+    kind = detect_run_format(run_dir)
+    if kind == "reference":
+        from kelpseg.reference.loader import load_reference_run
+
+        return load_reference_run(
+            run_dir,
+            checkpoint,
+            map_location,
+            band_stats=band_stats,
+            data_dir=data_dir,
+            score=reference_score,
+        )
+    if kind is None and run_dir.is_dir():
+        raise RunDirError(
+            f"{run_dir}: not a run directory: expected {RunLayout.CONFIG} (kelpseg run), or model/ "
+            "(Azure ML export) or artifacts/ (MLflow run) of the reference solution"
+        )
     _read_run_config(run_dir)
     path = checkpoint_path(run_dir, checkpoint)
     module = load_module(path, map_location)

@@ -37,6 +37,15 @@ competition fill value):
 multiples of 90°; no interpolation, unlike the reference's arbitrary-angle rotation) and applies
 the same one to the image and its mask, after an optional random crop (same window for both). It
 is meant for the model input, after ``BatchTransform`` and ``pad_mask``.
+
+``reference_order=True`` (set for run directories of the reference solution, see
+:mod:`kelpseg.reference`) reproduces the reference's preprocessing where kelpseg changed it:
+step 6 runs first, on the raw tile (padding pixels are raw 0 in every band and get index values),
+the channel stats may hold non-finite ``min``/``max`` (its stats script leaves ``inf``/``-inf``
+where a tile had a gap; the fill of step 4 then chains NaN -> inf -> -inf exactly as its
+``RemoveNaNs`` did), the indices use its arithmetic (``reference_numerics`` of
+:func:`kelpseg.features.indices.compute_indices`), and the per-sample strategies fill
+non-finite pixels with the global stats before taking per-image bounds.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ RESIZE_STRATEGIES = ("pad", "resize")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
 #: Stats every channel must have in the band-stats file.
 STAT_KEYS = ("min", "max", "mean", "std", "q01", "q99")
+#: Stats that only fill non-finite pixels (except for min-max): ``reference_order`` lets them be non-finite.
+_FILL_KEYS = ("min", "max")
 #: Smallest denominator used when rescaling (see the module docstring).
 MIN_SCALE = 1e-6
 #: Quantiles of the per-sample-quantile strategy.
@@ -82,7 +93,9 @@ def channel_table(band_stats: Any) -> Mapping[str, Mapping[str, Any]]:
     raise TypeError(f"expected BandStats or a mapping of channel -> stats, got {type(band_stats).__name__}")
 
 
-def _stats_tensor(table: Mapping[str, Mapping[str, Any]], names: Sequence[str], key: str) -> torch.Tensor:
+def _stats_tensor(
+    table: Mapping[str, Mapping[str, Any]], names: Sequence[str], key: str, finite: bool = True
+) -> torch.Tensor:
     values = []
     for name in names:
         if name not in table:
@@ -97,7 +110,7 @@ def _stats_tensor(table: Mapping[str, Mapping[str, Any]], names: Sequence[str], 
                 f"re-run {run_hint('band-stats', 'calculate-band-stats')}"
             )
         value = float(stats[key])
-        if value != value or value in (float("inf"), float("-inf")):
+        if finite and (value != value or value in (float("inf"), float("-inf"))):
             raise BandStatsError(f"band stats of channel {name!r}: {key} = {value} is not finite")
         values.append(value)
     return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
@@ -127,6 +140,7 @@ class BatchTransform(nn.Module):
         fill_missing_pixels_with_nan: bool = True,
         mask_using_qa: bool = True,
         mask_using_water_mask: bool = True,
+        reference_order: bool = False,
     ) -> None:
         super().__init__()
         self.bands = list(bands)
@@ -146,13 +160,15 @@ class BatchTransform(nn.Module):
         self.fill_missing_pixels_with_nan = bool(fill_missing_pixels_with_nan)
         self.mask_using_qa = bool(mask_using_qa)
         self.mask_using_water_mask = bool(mask_using_water_mask)
+        self.reference_order = bool(reference_order)
         self._band_channels = [BAND_INDEX[b] for b in self.bands]
         self._positions = band_positions(BANDS)
 
         table = channel_table(band_stats)
         names = self.channel_names
         for key in STAT_KEYS:
-            self.register_buffer(f"stat_{key}", _stats_tensor(table, names, key))
+            lenient = self.reference_order and key in _FILL_KEYS and normalization_strategy != "min-max"
+            self.register_buffer(f"stat_{key}", _stats_tensor(table, names, key, finite=not lenient))
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -169,6 +185,7 @@ class BatchTransform(nn.Module):
             fill_missing_pixels_with_nan=config.fill_missing_pixels_with_nan,
             mask_using_qa=config.mask_using_qa,
             mask_using_water_mask=config.mask_using_water_mask,
+            reference_order=bool(getattr(config, "reference_preprocessing", False)),
         )
 
     # ---- facts -------------------------------------------------------------------------------
@@ -191,6 +208,8 @@ class BatchTransform(nn.Module):
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         if raw.ndim != 4 or raw.shape[1] != N_BANDS:
             raise ValueError(f"expected a raw batch shaped (N, {N_BANDS}, H, W), got {tuple(raw.shape)}")
+        if self.reference_order:
+            return self.normalize(self.features(self.resize(raw)))
         x = self.features(raw)
         x = self.normalize(x)
         return self.resize(x)
@@ -212,6 +231,7 @@ class BatchTransform(nn.Module):
                     mask_using_qa=self.mask_using_qa,
                     mask_using_water_mask=self.mask_using_water_mask,
                     fill=fill,
+                    reference_numerics=self.reference_order,
                 )
             )
         return torch.cat(parts, dim=1)
@@ -220,6 +240,8 @@ class BatchTransform(nn.Module):
         """Steps 4-5 on ``(N, C, H, W)`` features; returns finite float32 values."""
         strategy = self.normalization_strategy
         if strategy.startswith("per-sample"):
+            if self.reference_order:
+                x = _fill_non_finite(x, self.stat_min, self.stat_max)
             if strategy == "per-sample-quantile":
                 lo, hi = per_sample_quantiles(x, PER_SAMPLE_QUANTILES)
             else:

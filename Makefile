@@ -153,26 +153,32 @@ check-submission: $(STAMP) ## Validate SUBMISSION=path/to/submission.tar
 	$(KELPSEG) check-submission $(SUBMISSION) --data-dir $(DATA_DIR)
 
 # ---- reproduction from saved run directories (see README: "Reproducing submissions") ---------
+# MODELS_DIR holds what the reference published (or kelpseg run dirs laid out the same way):
+#   best-single-model/Job_*/   one run;  top-submission-1/Job_*/, top-submission-2/Job_*/  ten folds.
+# Folds are ordered by the fold each run was trained on (its config), as the reference's Makefile
+# listed them; the weights follow that order. The reference averaged with sum(w) + w_first as divisor;
+# --reference-threshold restates its thresholds on the true weighted mean (top-1 0.48 -> 0.528, i.e.
+# 6 of 10 votes; top-2 0.45 -> ~0.496). REPRO_FLAGS: the reference ran bf16-mixed; empty = fp32.
 .PHONY: repro-best-single-model-submission repro-top-1-submission repro-top-2-submission
 
-repro-best-single-model-submission: $(STAMP) ## models/best-single-model/ → single-model submission (bf16)
-	$(KELPSEG) predict-and-submit --run-dir models/best-single-model --data-dir $(DATA_DIR) \
-		--name repro-best-single-model --bf16 --checkpoint best
-
-# The reference averaged with Σw + w_first as divisor; these thresholds are its decision rules
-# on the true weighted mean: top-1 0.48·11/10 = 0.528 (6 of 10 votes), top-2 0.45·7.168/6.502 ≈ 0.496.
-TOP_1_THRESHOLD ?= 0.528
-TOP_2_THRESHOLD ?= 0.496
+MODELS_DIR ?= models
+REPRO_FLAGS ?= --bf16
 TOP_2_WEIGHTS ?= 0.666,0.5,0.666,0.88,0.637,0.59,0.733,0.63,1.0,0.2
+BEST_SINGLE_MODEL_RUN_DIR ?= $(or $(firstword $(wildcard $(MODELS_DIR)/best-single-model/Job_*)),$(MODELS_DIR)/best-single-model)
 
-repro-top-1-submission: $(STAMP) ## models/top-submission-1/fold*/ → hard-label vote of the folds
-	$(KELPSEG) cv-predict $(sort $(wildcard models/top-submission-1/*/)) --data-dir $(DATA_DIR) \
-		--version top-1-submission --name repro-top-1 --mode vote --bf16 --threshold $(TOP_1_THRESHOLD)
+repro-best-single-model-submission: $(STAMP) ## MODELS_DIR/best-single-model → single-model submission (dt 0.45)
+	$(KELPSEG) predict-and-submit --run-dir $(BEST_SINGLE_MODEL_RUN_DIR) --data-dir $(DATA_DIR) \
+		--name repro-best-single-model --checkpoint best --threshold 0.45 $(REPRO_FLAGS)
 
-repro-top-2-submission: $(STAMP) ## models/top-submission-2/fold*/ → weighted soft-label average
-	$(KELPSEG) cv-predict $(sort $(wildcard models/top-submission-2/*/)) --data-dir $(DATA_DIR) \
-		--version top-2-submission --name repro-top-2 --mode soft --bf16 \
-		--weights $(TOP_2_WEIGHTS) --threshold $(TOP_2_THRESHOLD)
+repro-top-1-submission: $(STAMP) ## MODELS_DIR/top-submission-1/*/ → hard labels at 0.48, equal-weight vote
+	$(KELPSEG) cv-predict $(wildcard $(MODELS_DIR)/top-submission-1/*/) --order-by-fold --data-dir $(DATA_DIR) \
+		--version top-1-submission --name repro-top-1 --mode vote --member-threshold 0.48 \
+		--reference-threshold 0.48 --previews 10 $(REPRO_FLAGS)
+
+repro-top-2-submission: $(STAMP) ## MODELS_DIR/top-submission-2/*/ → weighted soft-label average (dt 0.45)
+	$(KELPSEG) cv-predict $(wildcard $(MODELS_DIR)/top-submission-2/*/) --order-by-fold --data-dir $(DATA_DIR) \
+		--version top-2-submission --name repro-top-2 --mode soft \
+		--weights $(TOP_2_WEIGHTS) --reference-threshold 0.45 --previews 10 $(REPRO_FLAGS)
 
 # ---- whole Landsat scenes (see docs/scenes.md) ---------------------------------------------------
 .PHONY: scene scene-series synth-scene

@@ -283,12 +283,21 @@ def train_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")] = None,
     overrides: SetOpt = None,
     resume: Annotated[Path | None, typer.Option(help="Resume an interrupted run directory.")] = None,
+    band_stats: Annotated[
+        Path | None, typer.Option("--band-stats", help="Band-stats JSON (kelpseg's or the reference's).")
+    ] = None,
+    split_file: Annotated[
+        Path | None, typer.Option("--split-file", help="CV split parquet (kelpseg's or the reference's).")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train one fold; writes a self-contained run directory (config, stats, checkpoints, metrics)."""
     from kelpseg.train.run import resume as resume_run
     from kelpseg.train.run import train
 
+    overrides = list(overrides or [])
+    overrides += [f"band_stats_path={band_stats}"] if band_stats else []
+    overrides += [f"split_path={split_file}"] if split_file else []
     if resume is not None:
         run_dir = resume_run(resume, progress=not quiet)
     else:
@@ -407,6 +416,20 @@ TtaMerge = Annotated[str, typer.Option(help="Merge TTA probabilities: mean, max,
 Bf16 = Annotated[bool, typer.Option(help="bf16 autocast inference.")]
 LandMask = Annotated[bool, typer.Option(help="No kelp where DEM > 0 (land).")]
 BatchSize = Annotated[int, typer.Option(help="Tiles per inference batch.")]
+BandStatsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--band-stats",
+        help="Reference run dirs: its stats JSON (default: found in <data-dir>/processed/).",
+    ),
+]
+ReferenceScore = Annotated[
+    str,
+    typer.Option(
+        help="Reference run dirs: kelp probability as 'sigmoid' of its kelp logit (as it did) "
+        "or 'softmax' of its two logits (the fix; changes predictions)."
+    ),
+]
 Threshold = Annotated[
     float | None, typer.Option(help="Decision threshold (default: the run's fitted one, else 0.5).")
 ]
@@ -426,6 +449,8 @@ _INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("bf16", Bf16, False),
     ("land_mask", LandMask, False),
     ("batch_size", BatchSize, 8),
+    ("band_stats", BandStatsFile, None),
+    ("reference_score", ReferenceScore, "sigmoid"),
 )
 
 
@@ -456,7 +481,10 @@ def inference_command(func: Callable[..., None]) -> Callable[..., None]:
         from kelpseg.infer.predict import InferenceOptions
 
         picked = {name: kwargs.pop(name) for name, _, _ in _INFERENCE_PARAMS}
-        options = InferenceOptions(**picked, num_workers=kwargs["workers"], progress=not kwargs["quiet"])
+        data_dir = kwargs.get("data_dir")  # a reference run dir finds its stats in <data_dir>/processed
+        options = InferenceOptions(
+            **picked, num_workers=kwargs["workers"], progress=not kwargs["quiet"], data_dir=data_dir
+        )
         func(options=options, **kwargs)
 
     parameters = head + added + tail
@@ -515,6 +543,12 @@ def predict_cmd(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write <tile>_kelp.tif.")],
     soft: Annotated[bool, typer.Option(help="Write float32 probabilities instead of 0/1 masks.")] = False,
     threshold: Threshold = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", "-d", help="Reference run dirs: data dir whose processed/ holds its stats."
+        ),
+    ] = None,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -558,31 +592,72 @@ def cv_predict_cmd(
         typer.Option(help="Comma list of weights, or 'val' (from validation Dice); default equal."),
     ] = None,
     threshold: EnsembleThreshold = None,
+    reference_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="A threshold as the reference's averaging script applied it (its divisor "
+            "sum(w) + w_first restated on the true weighted mean); instead of --threshold."
+        ),
+    ] = None,
     mode: Annotated[
         str, typer.Option(help="'soft' (average probabilities) or 'vote' (hard labels).")
     ] = "soft",
+    member_threshold: Annotated[
+        float | None, typer.Option(help="Vote mode: threshold of each fold's masks (default: the run's).")
+    ] = None,
+    order_by_fold: Annotated[
+        bool, typer.Option(help="Sort the run dirs by the fold each was trained on (weights follow).")
+    ] = False,
     previews: Annotated[int, typer.Option(help="Preview PNGs to write.")] = 10,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Every fold predicts the test tiles; their weighted ensemble becomes a submission."""
-    from kelpseg.infer.workflows import cv_predict
+    from kelpseg.infer.ensemble import reference_equivalent_threshold
+    from kelpseg.infer.workflows import cv_predict, sort_by_fold
 
+    parsed = _parse_weights(weights)
+    if order_by_fold:
+        run_dirs = sort_by_fold(run_dirs)
+    if reference_threshold is not None:
+        if threshold is not None:
+            raise KelpsegError("give --threshold or --reference-threshold, not both")
+        if isinstance(parsed, str):
+            raise KelpsegError("--reference-threshold needs numeric --weights (or none)")
+        threshold = reference_equivalent_threshold(reference_threshold, parsed or [1.0] * len(run_dirs))
     res = cv_predict(
         run_dirs,
         _layout(data_dir),
         version,
         name,
-        _parse_weights(weights),
+        parsed,
         threshold,
         mode,
         options,
         previews=previews,
+        member_threshold=member_threshold,
     )
     console.print(
         f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, "
         f"weights {', '.join(f'{w:.3f}' for w in res.weights)}, threshold {res.threshold})"
     )
+
+
+@app.command("import-run")
+def import_run_cmd(
+    ref_dir: Annotated[Path, typer.Argument(help="A run directory of the reference solution.")],
+    out_dir: Annotated[Path, typer.Argument(help="The kelpseg run directory to create.")],
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", "-d", help="Data dir whose processed/ holds its stats JSON.")
+    ] = None,
+    band_stats: BandStatsFile = None,
+    reference_score: ReferenceScore = "sigmoid",
+) -> None:
+    """Convert a reference run (Azure ML export or MLflow run) into a kelpseg run directory."""
+    from kelpseg.reference.importer import import_run
+
+    out = import_run(ref_dir, out_dir, data_dir=data_dir, band_stats=band_stats, score=reference_score)
+    console.print(f"[green]imported[/] {ref_dir} -> {out}")
 
 
 def _parse_weights(weights: str | None) -> list[float] | str | None:

@@ -203,6 +203,7 @@ def cv_predict(
     options: InferenceOptions | None = None,
     input_dir: Path | None = None,
     previews: int = 10,
+    member_threshold: float | None = None,
 ) -> SubmissionResult:
     """Every fold model predicts the test tiles (probabilities, or 0/1 labels in ``vote`` mode)
     into ``predictions/<version>/fold=<k>/``; their weighted ensemble becomes
@@ -219,7 +220,9 @@ def cv_predict(
     member_dirs = []
     for k, run_dir in enumerate(run_dirs):
         out = versions / f"fold={k}"
-        predict_folder(run_dir, input_dir, out, soft=(mode == "soft"), options=options)
+        predict_folder(
+            run_dir, input_dir, out, soft=(mode == "soft"), threshold=member_threshold, options=options
+        )
         member_dirs.append(out)
     preds = folder / "predictions"
     ensemble_folders(
@@ -233,6 +236,36 @@ def cv_predict(
         "threshold": t,
         "threshold_source": t_source,
         "mode": mode,
+        "member_threshold": member_threshold,
         **options.to_dict(),
     }
     return _finish(layout, folder, preds, input_dir, t, w, previews, record, options.progress)
+
+
+def run_fold(run_dir: str | Path) -> int:
+    """The fold a run was trained on: its config's ``fold`` (``cv_split`` in a reference run)."""
+    from kelpseg.layout import detect_run_format
+
+    run_dir = Path(run_dir)
+    kind = detect_run_format(run_dir)
+    if kind == "reference":
+        from kelpseg.reference.config import read_reference_config
+        from kelpseg.reference.rundir import ReferenceRunLayout
+
+        return int(read_reference_config(ReferenceRunLayout(run_dir).config).config.fold)
+    if kind is None:
+        raise KelpsegError(f"{run_dir}: not a run directory (no config.yaml, model/ or artifacts/)")
+    from kelpseg.train.config import TrainConfig
+
+    return int(TrainConfig.from_yaml(RunLayout(run_dir).config).fold)
+
+
+def sort_by_fold(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """The run dirs in the order of their folds (0, 1, ...); the same fold twice is an error."""
+    folds = {Path(r): run_fold(r) for r in run_dirs}
+    seen: dict[int, Path] = {}
+    for run, fold in folds.items():
+        if fold in seen:
+            raise KelpsegError(f"{seen[fold]} and {run} were both trained on fold {fold}")
+        seen[fold] = run
+    return [seen[k] for k in sorted(seen)]

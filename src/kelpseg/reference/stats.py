@@ -43,6 +43,14 @@ def is_reference_stats(data: Any) -> bool:
     )
 
 
+def is_reference_stats_file(path: str | Path) -> bool:
+    """Whether ``path`` is a JSON file in the reference's stats format."""
+    try:
+        return is_reference_stats(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
 def stats_name_options(name: str) -> tuple[str, bool, bool] | None:
     """``(fill, mask_using_qa, mask_using_water_mask)`` from a reference stats file name, or None."""
     match = STATS_NAME.match(name.replace("%3A", ":"))

@@ -41,14 +41,35 @@ TRAIN, VAL = "train", "val"
 
 
 def resolve_split_path(config: Any, layout: DataLayout) -> Path:
-    return Path(config.split_path) if getattr(config, "split_path", None) else layout.split_path("cross_val")
+    """``config.split_path``, else kelpseg's split, else the reference's split parquet in processed/."""
+    if getattr(config, "split_path", None):
+        return Path(config.split_path)
+    own = layout.split_path("cross_val")
+    if not own.is_file():
+        from kelpseg.reference.config import SPLIT_FILENAME
+
+        if (layout.processed / SPLIT_FILENAME).is_file():
+            return layout.processed / SPLIT_FILENAME
+    return own
 
 
 def resolve_band_stats_path(config: Any, layout: DataLayout) -> Path:
+    """``config.band_stats_path``, else kelpseg's stats for the masking options, else the
+    reference's stats JSON with the same options in ``processed/`` (by its name pattern)."""
     if getattr(config, "band_stats_path", None):
         return Path(config.band_stats_path)
     fill = "nan" if config.fill_missing_pixels_with_nan else "0"  # as kelpseg.prep.band_stats names it
-    return layout.band_stats_path(fill, config.mask_using_qa, config.mask_using_water_mask)
+    own = layout.band_stats_path(fill, config.mask_using_qa, config.mask_using_water_mask)
+    if not own.is_file() and layout.processed.is_dir():
+        from kelpseg.reference.stats import find_reference_stats
+
+        try:
+            return find_reference_stats(
+                layout.processed, None, fill, config.mask_using_qa, config.mask_using_water_mask
+            )
+        except KelpsegError:
+            pass
+    return own
 
 
 def read_split_table(path: Path) -> pd.DataFrame:
@@ -72,8 +93,22 @@ def fold_columns(frame: pd.DataFrame) -> list[str]:
 def load_stats(path: Path) -> Any:
     if not path.is_file():
         raise StageNotRunError.missing(path, "band-stats", "calculate-band-stats", what="band stats")
-    from kelpseg.prep.band_stats import load_band_stats
+    from kelpseg.prep.band_stats import BandStats, load_band_stats
+    from kelpseg.reference.stats import (
+        is_reference_stats_file,
+        read_reference_stats,
+        repaired_for_training,
+        stats_name_options,
+    )
 
+    if is_reference_stats_file(
+        path
+    ):  # the reference's stats JSON: its non-finite min/max become finite fill values
+        options = stats_name_options(path.name)
+        recorded = dict(
+            zip(("fill_value", "mask_using_qa", "mask_using_water_mask"), options or (), strict=False)
+        )
+        return BandStats(repaired_for_training(read_reference_stats(path)), recorded, 0, path)
     return load_band_stats(path)
 
 

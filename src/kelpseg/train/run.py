@@ -562,8 +562,13 @@ def _checkpoint_reason(exc: BaseException) -> str:
 def _write_run_files(config: TrainConfig, run_dir: Path, datamodule: Any) -> None:
     files = RunLayout(run_dir)
     config.save(files.config)
-    with atomic_path(files.band_stats) as tmp:
-        shutil.copyfile(datamodule.band_stats_path, tmp)
+    from kelpseg.reference.stats import is_reference_stats_file
+
+    if is_reference_stats_file(datamodule.band_stats_path):  # kept in kelpseg's format
+        write_json(files.band_stats, datamodule.band_stats.to_dict())
+    else:
+        with atomic_path(files.band_stats) as tmp:
+            shutil.copyfile(datamodule.band_stats_path, tmp)
     write_json(files.split, datamodule.split_info())
     write_json(files.provenance, provenance.collect())
 

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,13 @@ def test_inference_options_reach_every_prediction_command(tmp_path: Path, monkey
         progress=False,
     )
     assert set(seen) == {"eval", "predict", "pas", "cv"}
-    assert all(options == expected for options in seen.values()), seen
+    # a command's --data-dir travels too (reference run dirs find their stats there)
+    assert {k: v.data_dir for k, v in seen.items()} == {
+        "eval": None,
+        "predict": None,
+        "pas": tmp_path,
+        "cv": tmp_path,
+    }
+    assert all(dataclasses.replace(options, data_dir=None) == expected for options in seen.values()), seen
     defaults = runner.invoke(cli.app, ["eval", "--run-dir", "r"])
     assert defaults.exit_code == 0 and seen["eval"] == InferenceOptions()

@@ -139,7 +139,7 @@ def test_scene_outputs_areas_polygons_and_rerun(scene, run_dir: Path, tmp_path: 
     assert prob[~fill].max() <= 100 and set(np.unique(mask)) <= {0, 1, NODATA}
     kelp = int((mask == 1).sum())
     assert kelp > 0
-    summary = json.loads(paths["summary_json"].read_text())
+    summary = json.loads(paths["scene_summary"].read_text())
     assert summary["kelp_ha"] == pytest.approx(kelp * 900 / 1e4, abs=1e-3)
     assert summary["pixels"]["kelp"] == kelp
     assert summary["fill_ha"] == pytest.approx(fill.sum() * 0.09, abs=1e-3)
@@ -155,7 +155,7 @@ def test_scene_outputs_areas_polygons_and_rerun(scene, run_dir: Path, tmp_path: 
     assert geodesic == pytest.approx(kelp * 900.0, rel=0.005)
     assert summary["kelp_ha_polygons"] == pytest.approx(geodesic / 1e4, abs=1e-3)
     assert np.all(fields[names.index("mean_probability")] >= 0.5)
-    rows = list(csv.DictReader(paths["summary_csv"].open()))
+    rows = list(csv.DictReader(paths["scene_summary_row"].open()))
     assert len(rows) == 1 and float(rows[0]["kelp_ha"]) == summary["kelp_ha"]
     # a failing re-run (AOI outside the scene) leaves the earlier outputs as they were
     before = {k: p.read_bytes() for k, p in paths.items()}
@@ -229,11 +229,11 @@ def test_real_c2l2_scene_keeps_crs_transform_and_mtl_facts(run_dir: Path, tmp_pa
             fill = (qa.read(1) & 1) == 1
         assert np.all(data[fill] == NODATA) and (data[~fill] != NODATA).any()
     assert pyogrio.read_info(result.paths["polygons"])["crs"] == "EPSG:32618"
-    row = next(csv.DictReader(result.paths["summary_csv"].open()))
+    row = next(csv.DictReader(result.paths["scene_summary_row"].open()))
     assert (row["date"], row["wrs_path"], row["wrs_row"], row["sensor"]) == ("2019-12-01", "8", "59", "OLI")
     assert row["time"] == "15:13:51.8610990Z" and row["scene_id"] == L8
     # pixel area comes from the transform: 444.79 m x 453.57 m here
-    summary = json.loads(result.paths["summary_json"].read_text())
+    summary = json.loads(result.paths["scene_summary"].read_text())
     assert summary["region_ha"] == pytest.approx(512 * 512 * 444.78515625 * 453.57421875 / 1e4, rel=1e-9)
 
 

@@ -54,8 +54,8 @@ def output_paths(out_dir: Path, scene_id: str) -> dict[str, Path]:
         "probability": out_dir / f"{scene_id}_probability.tif",
         "mask": out_dir / f"{scene_id}_kelp.tif",
         "polygons": out_dir / f"{scene_id}_kelp.gpkg",
-        "summary_json": out_dir / f"{scene_id}_summary.json",
-        "summary_csv": out_dir / f"{scene_id}_summary.csv",
+        "scene_summary": out_dir / f"{scene_id}_summary.json",
+        "scene_summary_row": out_dir / f"{scene_id}_summary.csv",
     }
 
 
@@ -429,8 +429,8 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = SUMMARY_CO
 
 def write_summary(staging: Path, scene_id: str, summary: dict[str, Any], row: dict[str, Any]) -> None:
     paths = output_paths(staging, scene_id)
-    write_json(paths["summary_json"], summary)
-    write_text(paths["summary_csv"], csv_text([row]))
+    write_json(paths["scene_summary"], summary)
+    write_text(paths["scene_summary_row"], csv_text([row]))
 
 
 def publish(staging: Path, out_dir: Path, scene_id: str) -> dict[str, Path]:

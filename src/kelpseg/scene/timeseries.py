@@ -47,7 +47,7 @@ def _existing_rows(out: Path, scene_id: str) -> list[dict[str, Any]] | None:
     paths = output_paths(out, scene_id)
     if not all(p.exists() for p in paths.values()):
         return None
-    summary = json.loads(paths["summary_json"].read_text())
+    summary = json.loads(paths["scene_summary"].read_text())
     row = {k: summary.get(k) for k in SUMMARY_COLUMNS}
     return [row, *summary.get("aoi_rows", [])]
 

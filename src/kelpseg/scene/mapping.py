@@ -115,7 +115,7 @@ def load_members(
 
     if not run_dirs:
         raise KelpsegError("mapping a scene needs at least one run dir")
-    runs = [_load_run(Path(r), options.inference.checkpoint) for r in run_dirs]
+    runs = [_load_run(Path(r), options.inference) for r in run_dirs]
     if len(runs) == 1 and options.weights is None:
         value, source = resolve_threshold(Path(run_dirs[0]), runs[0].config, options.threshold)
         return runs, [1.0], value, source

@@ -111,8 +111,16 @@ def test_a_space_file_parses_every_distribution_and_the_run_options(tmp_path: Pa
         ({"lr": 0.1}, {}, r"'params' holds constants only"),
         ({"lr": {"choice": [0.1]}}, {"metric": "val/f1"}, r"metric 'val/f1' is not reported"),
         ({"lr": {"choice": [0.1]}}, {"metric": "val/loss"}, r"metric val/loss is a loss; use mode: min"),
-        ({"lr": {"choice": [0.1]}}, {"search": "bayes"}, r"search must be one of \('random', 'grid'\)"),
-        ({"lr": {"choice": [0.1]}}, {"num_samples": 0}, r"num_samples must be a positive integer"),
+        (
+            {"lr": {"choice": [0.1]}},
+            {"search": "bayes"},
+            r"search='bayes': Input should be 'random' or",
+        ),
+        (
+            {"lr": {"choice": [0.1]}},
+            {"num_samples": 0},
+            r"num_samples=0: Input should be greater than",
+        ),
         ({"lr": {"choice": [0.1]}}, {"trials": 3}, r"unknown key\(s\) \['trials'\]"),
     ],
 )

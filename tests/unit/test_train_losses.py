@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from kelpseg.train.config import TrainConfig
-from kelpseg.train.losses import LOSS_REGISTRY, LossConfigError, WeightedSumLoss, create_loss, parse_loss_spec
+from kelpseg.train.losses import (
+    LOSS_REGISTRY,
+    LossConfigError,
+    WeightedSumLoss,
+    create_loss,
+    loss_options,
+    parse_loss_spec,
+)
 
 # Probabilities 0.5, 0.75, 0.25 and ~1 for target 1, 1, 0, 0.
 LOGITS = torch.tensor([0.0, math.log(3.0), -math.log(3.0), 30.0]).view(1, 1, 2, 2)
@@ -16,7 +25,7 @@ TARGET = torch.tensor([1, 1, 0, 0], dtype=torch.uint8).view(1, 2, 2)
 
 
 def _loss(spec: str, **options: float) -> torch.nn.Module:
-    return create_loss(TrainConfig(loss=spec, **options))
+    return create_loss(spec, **options)
 
 
 @pytest.mark.parametrize("name", list(LOSS_REGISTRY))
@@ -81,3 +90,29 @@ def test_spec_parsing() -> None:
         parse_loss_spec("dice+0.5**bce")
     with pytest.raises(LossConfigError, match="appears more than once"):
         parse_loss_spec("dice+dice")
+
+
+def test_loss_parameters_come_from_the_training_options() -> None:
+    options = loss_options(TrainConfig(focal_gamma=0.0, bce_pos_weight=3.0).to_dict())
+    assert options == {
+        "bce_pos_weight": 3.0,
+        "focal_gamma": 0.0,
+        "focal_alpha": None,
+        "tversky_alpha": 0.5,
+        "tversky_beta": 0.5,
+    }
+    summed = create_loss("focal+bce", **options)
+    expected = _loss("bce")(LOGITS, TARGET) + _loss("bce", bce_pos_weight=3.0)(LOGITS, TARGET)
+    assert summed(LOGITS, TARGET).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(LossConfigError, match=r"loss 'focal' has no parameter\(s\) \['beta'\]"):
+        create_loss("focal", focal_beta=1.0)
+    assert isinstance(LossConfigError("x"), ValueError)  # pydantic reports it as a field error
+
+
+def test_losses_and_models_do_not_import_the_training_config() -> None:
+    code = (
+        "import sys, kelpseg.train.losses, kelpseg.train.models, kelpseg.train.optim; "
+        "print('kelpseg.train.config' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -16,6 +16,7 @@ from kelpseg.train.models import (
     get_architecture,
     resolve_architecture,
 )
+from kelpseg.train.module import model_from_config
 
 SMALL = ["encoder=resnet18", "decoder_channels=16,16,8,8,8"]
 TINY = ["encoder=tu-resnet10t", "decoder_channels=16,16,8,8,8"]
@@ -48,7 +49,7 @@ def test_options_go_only_to_architectures_that_accept_them() -> None:
 @pytest.mark.parametrize("arch", sorted(a for a in architecture_registry() if a != "dpt"))
 def test_every_architecture_gives_one_logit_per_pixel(arch: str) -> None:
     size = 128 if arch == "pan" else 64  # PAN pools its deepest features 8x further
-    model = create_model(load_config(None, [*TINY, f"architecture={arch}"]), in_channels=4)
+    model = model_from_config(load_config(None, [*TINY, f"architecture={arch}"]), in_channels=4)
     out = model(torch.randn(2, 4, size, size))
     assert out.shape == (2, 1, size, size)
     assert torch.isfinite(out).all()
@@ -56,18 +57,18 @@ def test_every_architecture_gives_one_logit_per_pixel(arch: str) -> None:
 
 def test_dpt_with_a_vit_encoder() -> None:
     config = load_config(None, ["architecture=dpt", "encoder=tu-vit_tiny_patch16_224"])
-    model = create_model(config, in_channels=3).eval()
+    model = model_from_config(config, in_channels=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1, 224, 224)
 
 
 def test_unet_depth_follows_decoder_channels_and_in_channels() -> None:
     config = _config("decoder_channels=32,16,16", "decoder_attention_type=scse")
-    model = create_model(config, in_channels=9)
+    model = model_from_config(config, in_channels=9)
     assert len(model.decoder.blocks) == 3
     assert model.encoder.conv1.in_channels == 9
     assert model(torch.randn(1, 9, 32, 32)).shape == (1, 1, 32, 32)
-    assert create_model(config).encoder.conv1.in_channels == config.in_channels
+    assert model_from_config(config).encoder.conv1.in_channels == config.in_channels
 
 
 def test_timm_encoder_without_pretrained_weights_falls_back(caplog: pytest.LogCaptureFixture) -> None:
@@ -75,7 +76,7 @@ def test_timm_encoder_without_pretrained_weights_falls_back(caplog: pytest.LogCa
         None, ["encoder=tu-efficientnet_b0_g8_gn", "encoder_weights=imagenet", "decoder_channels=16,8,4"]
     )
     with caplog.at_level(logging.WARNING):
-        model = create_model(config, in_channels=3)
+        model = model_from_config(config, in_channels=3)
     assert "no pretrained weights for tu-efficientnet_b0_g8_gn" in caplog.text
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)
 
@@ -83,12 +84,12 @@ def test_timm_encoder_without_pretrained_weights_falls_back(caplog: pytest.LogCa
 # ---- local weights files ---------------------------------------------------------------------------
 def _reference(in_channels: int = 5) -> torch.nn.Module:
     torch.manual_seed(1)
-    return create_model(_config("decoder_channels=16,8,4"), in_channels=in_channels)
+    return model_from_config(_config("decoder_channels=16,8,4"), in_channels=in_channels)
 
 
 def _with_weights(path: Path, in_channels: int = 5) -> torch.nn.Module:
     torch.manual_seed(2)
-    return create_model(
+    return model_from_config(
         _config("decoder_channels=16,8,4", f"encoder_weights={path}"), in_channels=in_channels
     )
 
@@ -153,11 +154,19 @@ def test_unusable_weights_files_are_clear_errors(tmp_path: Path) -> None:
 
 def test_shallow_decoders_freeze_the_unused_encoder_stages() -> None:
     """DDP refuses trainable parameters that never reach the loss; they are frozen instead."""
-    shallow = create_model(_config("decoder_channels=16,8,4"), in_channels=3)
+    shallow = model_from_config(_config("decoder_channels=16,8,4"), in_channels=3)
     frozen = {n.split(".")[1] for n, p in shallow.named_parameters() if not p.requires_grad}
     assert frozen == {"layer3", "layer4"}
     shallow(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in shallow.parameters() if p.requires_grad)
     assert all(p.grad is None for p in shallow.parameters() if not p.requires_grad)
-    full = create_model(_config(), in_channels=3)
+    full = model_from_config(_config(), in_channels=3)
     assert all(p.requires_grad for p in full.parameters())
+
+
+def test_factory_takes_explicit_arguments() -> None:
+    model = create_model("unet", "resnet18", 4, decoder_channels=[16, 8, 8])
+    assert model(torch.zeros(1, 4, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(ModelConfigError, match="unknown architecture 'nope'"):
+        create_model("nope", "resnet18", 4)
+    assert isinstance(ModelConfigError("x"), ValueError)

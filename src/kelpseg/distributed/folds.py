@@ -94,10 +94,10 @@ class FoldsResult:
 
 def available_folds(config: TrainConfig, layout: DataLayout | None = None) -> list[int]:
     """Fold numbers of the config's CV split table (its ``split_<k>`` columns)."""
-    from kelpseg.train.datamodule import fold_columns, read_split_table, resolve_split_path
+    from kelpseg.train.datamodule import fold_columns, read_split_table
 
     layout = layout if layout is not None else DataLayout(Path(config.data_dir))
-    table = read_split_table(resolve_split_path(config, layout))
+    table = read_split_table(config.resolved_split_path(layout))
     return [int(c.removeprefix("split_")) for c in fold_columns(table)]
 
 

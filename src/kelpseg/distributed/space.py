@@ -51,9 +51,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from kelpseg.errors import KelpsegError
 from kelpseg.io.yaml_file import read_yaml
@@ -73,18 +74,7 @@ REPORTED_METRICS = (
     "val/loss",
     "train/loss",
 )
-RUN_OPTION_KEYS = (
-    "search",
-    "scheduler",
-    "num_samples",
-    "max_concurrent_trials",
-    "cpus_per_trial",
-    "gpus_per_trial",
-    "max_failures",
-    "trial_timeout_s",
-    "time_budget_s",
-)
-TOP_LEVEL_KEYS = ("name", "base", "experiment", "metric", "mode", "asha", "fixed", "params", *RUN_OPTION_KEYS)
+SPACE_KEYS = ("name", "base", "experiment", "metric", "mode", "asha", "fixed", "params")
 ASHA_KEYS = ("grace_period", "reduction_factor", "brackets")
 #: Random whole-space samples built into a TrainConfig by ``validate_space``.
 VALIDATION_SAMPLES = 16
@@ -212,9 +202,10 @@ def parse_space(data: Any, path: Path | None = None) -> SweepSpace:
     source = str(path) if path is not None else "sweep space"
     if not isinstance(data, dict):
         raise SweepSpaceError(f"{source}: expected a mapping with a 'params' key")
-    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    top_level_keys = (*SPACE_KEYS, *RUN_OPTION_KEYS)
+    unknown = [k for k in data if k not in top_level_keys]
     if unknown:
-        raise SweepSpaceError(f"{source}: unknown key(s) {unknown}; expected some of {list(TOP_LEVEL_KEYS)}")
+        raise SweepSpaceError(f"{source}: unknown key(s) {unknown}; expected some of {list(top_level_keys)}")
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise SweepSpaceError(f"{source}: 'params' must map option names to distributions")
@@ -311,32 +302,42 @@ def _group_error(source: str, key: str) -> None:
     )
 
 
-def check_run_options(space: SweepSpace, options: Mapping[str, Any]) -> None:
+class SweepRunOptions(BaseModel):
+    """How a sweep runs (as opposed to what it searches): from the space file, then the caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: Literal[SEARCHES] = "random"  # type: ignore[valid-type]
+    scheduler: Literal[SCHEDULERS] = "fifo"  # type: ignore[valid-type]
+    num_samples: StrictInt = Field(1, ge=1)
+    max_concurrent_trials: StrictInt | None = Field(None, ge=1)
+    cpus_per_trial: StrictInt | StrictFloat = Field(1, ge=0)
+    #: A trial trains on at most one GPU (fractions share one).
+    gpus_per_trial: StrictInt | StrictFloat = Field(0, ge=0)
+    max_failures: StrictInt = Field(1, ge=0)
+    trial_timeout_s: StrictInt | StrictFloat | None = Field(None, gt=0)
+    time_budget_s: StrictInt | StrictFloat | None = Field(None, gt=0)
+
+    @classmethod
+    def checked(cls, options: Mapping[str, Any], source: str) -> SweepRunOptions:
+        """Validated options (``None`` values take the defaults); SweepSpaceError names ``source``."""
+        try:
+            return cls.model_validate({k: v for k, v in options.items() if v is not None})
+        except ValidationError as exc:
+            parts = []
+            for err in exc.errors():
+                key = str(err["loc"][0]) if err["loc"] else "option"
+                value = err.get("input")
+                parts.append(f"{key}={value!r}: {err['msg'].removeprefix('Value error, ')}")
+            raise SweepSpaceError(f"{source}: invalid sweep run option(s): " + "; ".join(parts)) from None
+
+
+RUN_OPTION_KEYS = tuple(SweepRunOptions.model_fields)
+
+
+def check_run_options(space: SweepSpace, options: Mapping[str, Any]) -> SweepRunOptions:
     """Check run options (from the file or the caller) for type and range."""
-    source = space.source
-    if "search" in options and options["search"] not in SEARCHES:
-        raise SweepSpaceError(f"{source}: search must be one of {SEARCHES}, got {options['search']!r}")
-    if "scheduler" in options and options["scheduler"] not in SCHEDULERS:
-        raise SweepSpaceError(
-            f"{source}: scheduler must be one of {SCHEDULERS}, got {options['scheduler']!r}"
-        )
-    for key in ("num_samples", "max_concurrent_trials"):
-        if key in options and (not isinstance(options[key], int) or options[key] < 1):
-            raise SweepSpaceError(f"{source}: {key} must be a positive integer, got {options[key]!r}")
-    if "max_failures" in options and (
-        not isinstance(options["max_failures"], int) or options["max_failures"] < 0
-    ):
-        raise SweepSpaceError(
-            f"{source}: max_failures must be an integer >= 0, got {options['max_failures']!r}"
-        )
-    for key in ("cpus_per_trial", "gpus_per_trial"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
-            raise SweepSpaceError(f"{source}: {key} must be a number >= 0, got {value!r}")
-    for key in ("trial_timeout_s", "time_budget_s"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, int | float) or value <= 0):
-            raise SweepSpaceError(f"{source}: {key} must be a number of seconds > 0, got {value!r}")
+    return SweepRunOptions.checked(options, space.source)
 
 
 # ---- validation against TrainConfig ------------------------------------------------------------------

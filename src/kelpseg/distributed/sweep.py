@@ -54,6 +54,7 @@ from kelpseg import tracking
 from kelpseg.distributed.ray_runtime import absolute_config, apply_env, forwarded_env, init_ray
 from kelpseg.distributed.runner import AfterCheckpointCallback, fault_callbacks, read_summary, train_or_resume
 from kelpseg.distributed.space import (
+    SweepRunOptions,
     SweepSpace,
     SweepSpaceError,
     check_option_names,
@@ -68,17 +69,7 @@ from kelpseg.train.config import TrainConfig, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUN_OPTIONS: dict[str, Any] = {
-    "search": "random",
-    "scheduler": "fifo",
-    "num_samples": 1,
-    "max_concurrent_trials": None,
-    "cpus_per_trial": 1,
-    "gpus_per_trial": 0,
-    "max_failures": 1,
-    "trial_timeout_s": None,
-    "time_budget_s": None,
-}
+DEFAULT_RUN_OPTIONS: dict[str, Any] = SweepRunOptions().model_dump()
 SWEEP_FILE = "sweep.json"
 POINTER_FILE = "run.json"
 
@@ -300,12 +291,9 @@ def preflight_data(space: SweepSpace, base: TrainConfig) -> None:
 
 
 def _run_options(space: SweepSpace, given: dict[str, Any]) -> dict[str, Any]:
-    options = {
-        **DEFAULT_RUN_OPTIONS,
-        **space.run_options,
-        **{k: v for k, v in given.items() if v is not None},
-    }
-    check_run_options(space, {k: v for k, v in options.items() if v is not None})
+    options = check_run_options(
+        space, {**space.run_options, **{k: v for k, v in given.items() if v is not None}}
+    ).model_dump()
     if options["gpus_per_trial"] > 1:
         raise SweepSpaceError(
             f"gpus_per_trial={options['gpus_per_trial']}: a trial trains on at most one GPU "

@@ -394,7 +394,7 @@ def validation_tiles(run_dir: Path, config: Any, layout: DataLayout | None = Non
     import pandas as pd
 
     layout = layout or DataLayout(Path(config.data_dir))
-    path = Path(config.split_path) if getattr(config, "split_path", None) else layout.split_path("cross_val")
+    path = config.resolved_split_path(layout)
     if not path.is_file():
         raise KelpsegError(
             f"{run_dir}: no validation tiles recorded in {RunLayout.SPLIT} and no split table {path}"

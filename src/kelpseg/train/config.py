@@ -27,6 +27,8 @@ from kelpseg.bands import BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.io.yaml_file import read_yaml
 from kelpseg.layout import RUN_NAME_CHARS, DataLayout, is_valid_run_name
+from kelpseg.train.input_options import INTERPOLATIONS, NORMALIZATION_STRATEGIES, RESIZE_STRATEGIES
+from kelpseg.train.optim import OPTIMIZERS, SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,10 @@ class TrainConfig(BaseModel):
     bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS))
     spectral_indices: list[str] = Field(default_factory=lambda: ["DEMWM", "NDVI"])
     image_size: int = Field(352, gt=0)
-    resize_strategy: Literal["pad", "resize"] = "pad"
-    interpolation: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "nearest"
-    normalization_strategy: Literal[
-        "quantile", "min-max", "z-score", "per-sample-quantile", "per-sample-min-max"
-    ] = "quantile"
+    # The choices come from the registries (Literal[tuple] is Literal[a, b, ...]).
+    resize_strategy: Literal[RESIZE_STRATEGIES] = "pad"  # type: ignore[valid-type]
+    interpolation: Literal[INTERPOLATIONS] = "nearest"  # type: ignore[valid-type]
+    normalization_strategy: Literal[NORMALIZATION_STRATEGIES] = "quantile"  # type: ignore[valid-type]
     fill_missing_pixels_with_nan: bool = True
     mask_using_qa: bool = True
     mask_using_water_mask: bool = True
@@ -95,12 +96,10 @@ class TrainConfig(BaseModel):
     decoder_attention_type: str | None = None
 
     # ---- optimisation -----------------------------------------------------------------------
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal[tuple(OPTIMIZERS)] = "adamw"  # type: ignore[valid-type]
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    lr_scheduler: Literal[
-        "onecycle", "cosine", "cosine_with_warm_restarts", "reduce_lr_on_plateau", "none"
-    ] = "onecycle"
+    lr_scheduler: Literal[tuple(SCHEDULERS)] = "onecycle"  # type: ignore[valid-type]
     onecycle_pct_start: float = Field(0.1, gt=0, lt=1)
     onecycle_div_factor: float = Field(2.0, gt=0)
     onecycle_final_div_factor: float = Field(100.0, gt=0)
@@ -193,10 +192,7 @@ class TrainConfig(BaseModel):
         if names:
             from kelpseg.features.indices import validate_index_names
 
-            try:
-                validate_index_names(names)
-            except KelpsegError as exc:
-                raise ValueError(str(exc)) from None
+            validate_index_names(names)  # its errors are ValueErrors: pydantic reports them
         return names
 
     @field_validator("decoder_channels")
@@ -213,20 +209,14 @@ class TrainConfig(BaseModel):
     def _check_architecture(cls, name: str) -> str:
         from kelpseg.train.models import resolve_architecture
 
-        try:
-            return resolve_architecture(name)
-        except KelpsegError as exc:
-            raise ValueError(str(exc)) from None
+        return resolve_architecture(name)
 
     @field_validator("encoder")
     @classmethod
     def _check_encoder(cls, name: str) -> str:
         from kelpseg.train.models import check_encoder_name
 
-        try:
-            check_encoder_name(name)
-        except KelpsegError as exc:
-            raise ValueError(str(exc)) from None
+        check_encoder_name(name)
         return name
 
     @field_validator("loss")
@@ -234,10 +224,7 @@ class TrainConfig(BaseModel):
     def _check_loss(cls, spec: str) -> str:
         from kelpseg.train.losses import parse_loss_spec
 
-        try:
-            parse_loss_spec(spec)
-        except KelpsegError as exc:
-            raise ValueError(str(exc)) from None
+        parse_loss_spec(spec)
         return spec.replace(" ", "")
 
     @field_validator("encoder_weights", "decoder_attention_type", "run_name", mode="before")
@@ -346,17 +333,38 @@ class TrainConfig(BaseModel):
     def layout(self) -> DataLayout:
         return DataLayout(Path(self.data_dir))
 
-    def resolved_split_path(self) -> Path:
-        """The CV split parquet: ``split_path`` or the layout's cross-validation split."""
-        return Path(self.split_path) if self.split_path else self.layout().split_path("cross_val")
+    def resolved_split_path(self, layout: DataLayout | None = None) -> Path:
+        """The CV split parquet: ``split_path``, else the layout's (default: ``data_dir``'s) CV
+        split, else the reference solution's split parquet in ``processed/``."""
+        if self.split_path:
+            return Path(self.split_path)
+        layout = layout or self.layout()
+        own = layout.split_path("cross_val")
+        if not own.is_file():
+            from kelpseg.reference.config import SPLIT_FILENAME
 
-    def resolved_band_stats_path(self) -> Path:
-        """The band-stats JSON: ``band_stats_path`` or the layout's file for these masking options."""
+            if (layout.processed / SPLIT_FILENAME).is_file():
+                return layout.processed / SPLIT_FILENAME
+        return own
+
+    def resolved_band_stats_path(self, layout: DataLayout | None = None) -> Path:
+        """The band-stats JSON: ``band_stats_path``, else the layout's file for these masking
+        options, else the reference's stats JSON with the same options in ``processed/``."""
         if self.band_stats_path:
             return Path(self.band_stats_path)
-        return self.layout().band_stats_path(
-            self.fill_value_name, self.mask_using_qa, self.mask_using_water_mask
-        )
+        layout = layout or self.layout()
+        fill = self.fill_value_name
+        own = layout.band_stats_path(fill, self.mask_using_qa, self.mask_using_water_mask)
+        if not own.is_file() and layout.processed.is_dir():
+            from kelpseg.reference.stats import find_reference_stats
+
+            try:
+                return find_reference_stats(
+                    layout.processed, None, fill, self.mask_using_qa, self.mask_using_water_mask
+                )
+            except KelpsegError:
+                pass
+        return own
 
     # ---- YAML -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

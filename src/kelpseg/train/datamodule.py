@@ -33,43 +33,12 @@ from kelpseg.io.catalog import load_catalog
 from kelpseg.layout import DataLayout
 from kelpseg.parallel import process_context
 from kelpseg.train.cache import TileCache
+from kelpseg.train.config import TrainConfig
 from kelpseg.train.dataset import KelpTileDataset
 from kelpseg.train.sampler import SamplerFactors, make_sampler, sampler_weights_by_tile
 from kelpseg.train.transforms import BatchTransform
 
 TRAIN, VAL = "train", "val"
-
-
-def resolve_split_path(config: Any, layout: DataLayout) -> Path:
-    """``config.split_path``, else kelpseg's split, else the reference's split parquet in processed/."""
-    if getattr(config, "split_path", None):
-        return Path(config.split_path)
-    own = layout.split_path("cross_val")
-    if not own.is_file():
-        from kelpseg.reference.config import SPLIT_FILENAME
-
-        if (layout.processed / SPLIT_FILENAME).is_file():
-            return layout.processed / SPLIT_FILENAME
-    return own
-
-
-def resolve_band_stats_path(config: Any, layout: DataLayout) -> Path:
-    """``config.band_stats_path``, else kelpseg's stats for the masking options, else the
-    reference's stats JSON with the same options in ``processed/`` (by its name pattern)."""
-    if getattr(config, "band_stats_path", None):
-        return Path(config.band_stats_path)
-    fill = "nan" if config.fill_missing_pixels_with_nan else "0"  # as kelpseg.prep.band_stats names it
-    own = layout.band_stats_path(fill, config.mask_using_qa, config.mask_using_water_mask)
-    if not own.is_file() and layout.processed.is_dir():
-        from kelpseg.reference.stats import find_reference_stats
-
-        try:
-            return find_reference_stats(
-                layout.processed, None, fill, config.mask_using_qa, config.mask_using_water_mask
-            )
-        except KelpsegError:
-            pass
-    return own
 
 
 def read_split_table(path: Path) -> pd.DataFrame:
@@ -138,12 +107,12 @@ def file_sha256(path: Path) -> str:
 class KelpDataModule(L.LightningDataModule):
     """Train / val loaders of fold ``config.fold``; exposes ``band_stats``, frames and ``transform``."""
 
-    def __init__(self, config: Any, layout: DataLayout | None = None) -> None:
+    def __init__(self, config: TrainConfig, layout: DataLayout | None = None) -> None:
         super().__init__()
         self.config = config
         self.layout = layout if layout is not None else DataLayout(Path(config.data_dir))
-        self.split_path = resolve_split_path(config, self.layout)
-        self.band_stats_path = resolve_band_stats_path(config, self.layout)
+        self.split_path = config.resolved_split_path(self.layout)
+        self.band_stats_path = config.resolved_band_stats_path(self.layout)
         self.split_table = read_split_table(self.split_path)
         self.band_stats = load_stats(self.band_stats_path)
         self.fold_column = f"split_{config.fold}"

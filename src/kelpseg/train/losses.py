@@ -7,25 +7,27 @@ multiclass (2-logit softmax) variants.
 
 A loss spec is a name or a weighted sum of names: ``"dice"``, ``"dice+0.5*bce"``,
 ``"0.7*dice + 0.3*focal"``.
+
+A loss's parameters are keyword arguments of its factory; :func:`create_loss` takes them as
+``<loss>_<parameter>`` (``focal_gamma``, ``bce_pos_weight``), the names of the training options,
+and gives each term only its own.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from kelpseg.errors import KelpsegError
 
-if TYPE_CHECKING:
-    from kelpseg.train.config import TrainConfig
 
-
-class LossConfigError(KelpsegError):
-    """Unknown loss name or malformed weighted-sum spec."""
+class LossConfigError(KelpsegError, ValueError):
+    """Unknown loss name, malformed weighted-sum spec or unknown loss parameter."""
 
 
 def _smp_losses():  # imported lazily: smp pulls in timm and friends
@@ -57,45 +59,58 @@ class _BinaryTarget(nn.Module):
         return self.loss(logits, target.reshape(logits.shape).to(logits.dtype))
 
 
-def _dice(config: TrainConfig) -> nn.Module:
+def dice_loss() -> nn.Module:
     return _BinaryTarget(_smp_losses().DiceLoss(mode="binary", from_logits=True))
 
 
-def _jaccard(config: TrainConfig) -> nn.Module:
+def jaccard_loss() -> nn.Module:
     return _BinaryTarget(_smp_losses().JaccardLoss(mode="binary", from_logits=True))
 
 
-def _focal(config: TrainConfig) -> nn.Module:
-    return _BinaryTarget(
-        _smp_losses().FocalLoss(mode="binary", alpha=config.focal_alpha, gamma=config.focal_gamma)
-    )
+def focal_loss(gamma: float = 2.0, alpha: float | None = None) -> nn.Module:
+    return _BinaryTarget(_smp_losses().FocalLoss(mode="binary", alpha=alpha, gamma=gamma))
 
 
-def _lovasz(config: TrainConfig) -> nn.Module:
+def lovasz_loss() -> nn.Module:
     return _BinaryTarget(_smp_losses().LovaszLoss(mode="binary", from_logits=True))
 
 
-def _tversky(config: TrainConfig) -> nn.Module:
-    return _BinaryTarget(
-        _smp_losses().TverskyLoss(
-            mode="binary", from_logits=True, alpha=config.tversky_alpha, beta=config.tversky_beta
-        )
-    )
+def tversky_loss(alpha: float = 0.5, beta: float = 0.5) -> nn.Module:
+    return _BinaryTarget(_smp_losses().TverskyLoss(mode="binary", from_logits=True, alpha=alpha, beta=beta))
 
 
-def _bce(config: TrainConfig) -> nn.Module:
-    return BCEWithLogits(config.bce_pos_weight)
+def bce_loss(pos_weight: float | None = None) -> nn.Module:
+    return BCEWithLogits(pos_weight)
 
 
-#: name -> factory(config) -> loss module (logits, target) -> scalar.
-LOSS_REGISTRY: dict[str, Callable[[TrainConfig], nn.Module]] = {
-    "dice": _dice,
-    "bce": _bce,
-    "focal": _focal,
-    "jaccard": _jaccard,
-    "lovasz": _lovasz,
-    "tversky": _tversky,
+#: name -> factory(**parameters) -> loss module (logits, target) -> scalar.
+LOSS_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "dice": dice_loss,
+    "bce": bce_loss,
+    "focal": focal_loss,
+    "jaccard": jaccard_loss,
+    "lovasz": lovasz_loss,
+    "tversky": tversky_loss,
 }
+
+
+def loss_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``<loss>_<parameter>`` entries of ``values`` (e.g. the training options) for ``create_loss``."""
+    return {k: v for k, v in values.items() if k.split("_", 1)[0] in LOSS_REGISTRY and "_" in k}
+
+
+def _build(name: str, options: Mapping[str, Any]) -> nn.Module:
+    factory = LOSS_REGISTRY[name]
+    accepted = inspect.signature(factory).parameters
+    prefix = f"{name}_"
+    kwargs = {k.removeprefix(prefix): v for k, v in options.items() if k.startswith(prefix)}
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise LossConfigError(
+            f"loss {name!r} has no parameter(s) {unknown}; it takes {list(accepted) or 'none'}"
+        )
+    return factory(**kwargs)
+
 
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(?:(?P<w>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_]+)$")
@@ -141,9 +156,13 @@ class WeightedSumLoss(nn.Module):
         return total
 
 
-def create_loss(config: TrainConfig) -> nn.Module:
-    """The loss module named by ``config.loss`` (a single loss, or a WeightedSumLoss for sums)."""
-    terms = parse_loss_spec(config.loss)
+def create_loss(spec: str, **options: Any) -> nn.Module:
+    """The loss module of ``spec`` (a single loss, or a WeightedSumLoss for sums).
+
+    ``options`` are ``<loss>_<parameter>`` values (``focal_gamma=1.5``); those of losses not in
+    ``spec`` are ignored, an unknown parameter of a loss in it is an error.
+    """
+    terms = parse_loss_spec(spec)
     if len(terms) == 1 and terms[0][0] == 1.0:
-        return LOSS_REGISTRY[terms[0][1]](config)
-    return WeightedSumLoss([(w, n, LOSS_REGISTRY[n](config)) for w, n in terms])
+        return _build(terms[0][1], options)
+    return WeightedSumLoss([(w, n, _build(n, options)) for w, n in terms])

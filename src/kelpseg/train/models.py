@@ -1,8 +1,8 @@
 """Model factory over segmentation_models_pytorch: one kelp logit per pixel.
 
-``create_model(config, in_channels)`` looks the architecture up in a registry built from smp's
-own table (every smp architecture, with a few aliases such as ``unet++`` and ``deeplabv3+``) and
-passes only the keyword arguments the architecture's constructor accepts:
+``create_model(architecture, encoder, in_channels, ...)`` looks the architecture up in a registry
+built from smp's own table (every smp architecture, with a few aliases such as ``unet++`` and
+``deeplabv3+``) and passes only the keyword arguments the architecture's constructor accepts:
 
 * ``decoder_channels`` (and ``encoder_depth = len(decoder_channels)``) go to architectures whose
   decoder takes one width per stage (Unet, Unet++, MAnet); the others keep smp's defaults;
@@ -23,19 +23,16 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from kelpseg.errors import KelpsegError
-
-if TYPE_CHECKING:
-    from kelpseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ ARCHITECTURE_ALIASES: dict[str, str] = {
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
-class ModelConfigError(KelpsegError):
+class ModelConfigError(KelpsegError, ValueError):
     """Unknown architecture or encoder, or weights that cannot be loaded."""
 
 
@@ -164,31 +161,45 @@ def _smp_weights_argument(encoder: str, weights: str | None) -> str | None:
     return weights
 
 
-def create_model(config: TrainConfig, in_channels: int | None = None) -> nn.Module:
-    """Build the segmentation network for ``config``: input (N, C, H, W) -> kelp logits (N, 1, H, W)."""
-    spec = get_architecture(config.architecture)
-    channels = in_channels if in_channels is not None else config.in_channels
-    kwargs = spec.kwargs(config.decoder_channels, config.decoder_attention_type)
-    weights = _smp_weights_argument(config.encoder, config.encoder_weights)
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def create_model(
+    architecture: str,
+    encoder: str,
+    in_channels: int,
+    *,
+    encoder_weights: str | None = None,
+    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+    decoder_attention_type: str | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
+    """The segmentation network: input (N, in_channels, H, W) -> kelp logits (N, 1, H, W).
+
+    ``input_size`` is the one input size an encoder built for a fixed size needs (None: any size
+    divisible by 2**depth).
+    """
+    spec = get_architecture(architecture)
+    kwargs = spec.kwargs(list(decoder_channels), decoder_attention_type)
+    weights = _smp_weights_argument(encoder, encoder_weights)
     try:
         model = spec.cls(
-            encoder_name=config.encoder,
+            encoder_name=encoder,
             encoder_weights=weights,
-            in_channels=channels,
+            in_channels=in_channels,
             classes=1,
             **kwargs,
         )
     except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as exc:
         raise ModelConfigError(
-            f"cannot build {spec.name} with encoder {config.encoder} "
+            f"cannot build {spec.name} with encoder {encoder} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
-    if is_weights_file(config.encoder_weights):
-        load_encoder_weights(model, Path(str(config.encoder_weights)))
-    depth = spec.encoder_depth(config.decoder_channels)
+    if is_weights_file(encoder_weights):
+        load_encoder_weights(model, Path(str(encoder_weights)))
+    depth = spec.encoder_depth(list(decoder_channels))
     if depth < 5:  # stages below the decoder stay unused (fixed-size encoders need their own size)
-        size = config.image_size if config.resize_strategy == "resize" else 2**depth * 8
-        freeze_unused_parameters(model, channels, size)
+        freeze_unused_parameters(model, in_channels, input_size or 2**depth * 8)
     return model
 
 

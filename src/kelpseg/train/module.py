@@ -24,7 +24,7 @@ import torch
 from kelpseg.bands import TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.train.config import TrainConfig
-from kelpseg.train.losses import create_loss
+from kelpseg.train.losses import create_loss, loss_options
 from kelpseg.train.metrics import METRIC_NAMES, KelpDiceMetric
 from kelpseg.train.models import create_model
 from kelpseg.train.optim import configure_optimizers
@@ -39,6 +39,19 @@ def band_stats_table(band_stats: Any, names: list[str]) -> dict[str, dict[str, A
     """The plain ``channel -> stats`` dict of the channels a model uses (stored in its checkpoint)."""
     table = channel_table(band_stats)
     return {name: dict(table[name]) for name in names if name in table}
+
+
+def model_from_config(config: TrainConfig, in_channels: int | None = None) -> torch.nn.Module:
+    """``create_model`` with the model options of ``config`` (``in_channels`` default: the config's)."""
+    return create_model(
+        config.architecture,
+        config.encoder,
+        in_channels if in_channels is not None else config.in_channels,
+        encoder_weights=config.encoder_weights,
+        decoder_channels=config.decoder_channels,
+        decoder_attention_type=config.decoder_attention_type,
+        input_size=config.image_size if config.resize_strategy == "resize" else None,
+    )
 
 
 class KelpSegmentationModule(pl.LightningModule):
@@ -60,8 +73,8 @@ class KelpSegmentationModule(pl.LightningModule):
         self.save_hyperparameters(
             {"config": self.config.to_dict(), "band_stats": stats, "in_channels": channels}, logger=False
         )
-        self.model = create_model(self.config, channels)
-        self.loss_fn = create_loss(self.config)
+        self.model = model_from_config(self.config, channels)
+        self.loss_fn = create_loss(self.config.loss, **loss_options(self.config.to_dict()))
         self.val_metric = KelpDiceMetric(threshold=self.config.decision_threshold)
         self._generator: torch.Generator | None = None
         self._train_loss_sum = 0.0

@@ -12,25 +12,41 @@
 
 SGD uses momentum 0.9 (plain SGD without momentum trains poorly and cannot cycle momentum under
 OneCycle); Adam and AdamW use the PyTorch defaults besides ``lr`` and ``weight_decay``.
+
+The registries ``OPTIMIZERS`` and ``SCHEDULERS`` are the list of choices the training config
+offers; this module imports torch only when a factory runs, so the config can read them cheaply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.optim import lr_scheduler as sched
-
 if TYPE_CHECKING:
+    import torch
+
     from kelpseg.train.config import TrainConfig
 
 SGD_MOMENTUM = 0.9
 
+
+def _optim() -> ModuleType:
+    import torch.optim
+
+    return torch.optim
+
+
+def _sched() -> ModuleType:
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler
+
+
 OPTIMIZERS: dict[str, Callable[[Iterable[Any], TrainConfig], torch.optim.Optimizer]] = {
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay, momentum=SGD_MOMENTUM),
+    "adamw": lambda p, c: _optim().AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda p, c: _optim().Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: _optim().SGD(p, lr=c.lr, weight_decay=c.weight_decay, momentum=SGD_MOMENTUM),
 }
 
 
@@ -39,7 +55,7 @@ def create_optimizer(config: TrainConfig, params: Iterable[Any]) -> torch.optim.
 
 
 def _onecycle(opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epochs: int) -> dict[str, Any]:
-    scheduler = sched.OneCycleLR(
+    scheduler = _sched().OneCycleLR(
         opt,
         max_lr=c.lr,
         total_steps=max(1, total_steps),
@@ -52,7 +68,7 @@ def _onecycle(opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epoc
 
 def _cosine(opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epochs: int) -> dict[str, Any]:
     return {
-        "scheduler": sched.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=c.cosine_eta_min),
+        "scheduler": _sched().CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=c.cosine_eta_min),
         "interval": "epoch",
     }
 
@@ -61,14 +77,14 @@ def _warm_restarts(
     opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epochs: int
 ) -> dict[str, Any]:
     steps_per_epoch = max(1, total_steps // max(1, epochs))
-    scheduler = sched.CosineAnnealingWarmRestarts(
+    scheduler = _sched().CosineAnnealingWarmRestarts(
         opt, T_0=steps_per_epoch, T_mult=c.cosine_t_mult, eta_min=c.cosine_eta_min
     )
     return {"scheduler": scheduler, "interval": "step"}
 
 
 def _plateau(opt: torch.optim.Optimizer, c: TrainConfig, total_steps: int, epochs: int) -> dict[str, Any]:
-    scheduler = sched.ReduceLROnPlateau(
+    scheduler = _sched().ReduceLROnPlateau(
         opt,
         mode="min",
         factor=c.reduce_lr_on_plateau_factor,

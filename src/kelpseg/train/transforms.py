@@ -60,10 +60,8 @@ from torch import nn
 from kelpseg.bands import BAND_INDEX, BANDS, N_BANDS, TILE_SIZE, band_positions
 from kelpseg.errors import KelpsegError, run_hint
 from kelpseg.features.indices import compute_indices, validate_index_names
+from kelpseg.train.input_options import INTERPOLATIONS, NORMALIZATION_STRATEGIES, RESIZE_STRATEGIES
 
-NORMALIZATION_STRATEGIES = ("quantile", "min-max", "z-score", "per-sample-quantile", "per-sample-min-max")
-RESIZE_STRATEGIES = ("pad", "resize")
-INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
 #: Stats every channel must have in the band-stats file.
 STAT_KEYS = ("min", "max", "mean", "std", "q01", "q99")
 #: Stats that only fill non-finite pixels (except for min-max): ``reference_order`` lets them be non-finite.

@@ -140,7 +140,7 @@ predict-and-submit: $(STAMP) ## Single model RUN_DIR → data/submissions/single
 		$(if $(THRESHOLD),--threshold $(THRESHOLD),)
 
 cv-predict: $(STAMP) ## Every fold in FOLD_RUN_DIRS predicts, weighted ensemble → submission
-	$(KELPSEG) cv-predict $(FOLD_RUN_DIRS) --data-dir $(DATA_DIR) --version $(AVG_PREDS_VERSION) \
+	$(KELPSEG) cv-predict $(FOLD_RUN_DIRS) --data-dir $(DATA_DIR) --preds-name $(AVG_PREDS_VERSION) \
 		$(if $(FOLD_WEIGHTS),--weights $(FOLD_WEIGHTS),) $(if $(THRESHOLD),--threshold $(THRESHOLD),)
 
 AVG_INPUT_DIRS ?= $(sort $(wildcard $(DATA_DIR)/predictions/$(AVG_PREDS_VERSION)/fold=*))
@@ -172,12 +172,12 @@ repro-best-single-model-submission: $(STAMP) ## MODELS_DIR/best-single-model →
 
 repro-top-1-submission: $(STAMP) ## MODELS_DIR/top-submission-1/*/ → hard labels at 0.48, equal-weight vote
 	$(KELPSEG) cv-predict $(wildcard $(MODELS_DIR)/top-submission-1/*/) --order-by-fold --data-dir $(DATA_DIR) \
-		--version top-1-submission --name repro-top-1 --mode vote --member-threshold 0.48 \
+		--preds-name top-1-submission --name repro-top-1 --mode vote --member-threshold 0.48 \
 		--reference-threshold 0.48 --previews 10 $(REPRO_FLAGS)
 
 repro-top-2-submission: $(STAMP) ## MODELS_DIR/top-submission-2/*/ → weighted soft-label average (dt 0.45)
 	$(KELPSEG) cv-predict $(wildcard $(MODELS_DIR)/top-submission-2/*/) --order-by-fold --data-dir $(DATA_DIR) \
-		--version top-2-submission --name repro-top-2 --mode soft \
+		--preds-name top-2-submission --name repro-top-2 --mode soft \
 		--weights $(TOP_2_WEIGHTS) --reference-threshold 0.45 --previews 10 $(REPRO_FLAGS)
 
 # ---- whole Landsat scenes (see docs/scenes.md) ---------------------------------------------------

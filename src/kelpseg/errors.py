@@ -3,6 +3,11 @@
 :func:`failure_message` is the one place that turns the failures a user can cause or meet
 (kelpseg's own errors, OS errors such as a full or read-only disk, Ctrl-C) into that line and
 its exit code.
+
+Exit status (as click's): **2** for a usage error (:class:`UsageError`: an option, a config value
+or a sweep space that is wrong; fix the command), **1** for any other :class:`KelpsegError` or OS
+error, a runtime failure (a file missing or malformed, a stage not run yet, a run directory in
+the way, a full disk; fix the inputs or run the earlier stage), **130** after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ from typing import NoReturn
 EXIT_INTERRUPTED = 130
 #: Exit code of a failure at run time (bad input, full disk, ...).
 EXIT_FAILURE = 1
+#: Exit code of a usage error (a wrong option or config value), as click's own.
+EXIT_USAGE = 2
 
 
 class KelpsegError(Exception):
     """An error caused by the user's input (files, options), not by a bug."""
+
+
+class UsageError(KelpsegError):
+    """The command's options or configuration are wrong (exit status 2)."""
 
 
 class TileError(KelpsegError):
@@ -120,7 +131,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
         text = "interrupted; the outputs of this stage were not written"
         return (f"{text}; {hint}" if hint else text), EXIT_INTERRUPTED
     if isinstance(exc, KelpsegError):
-        return str(exc) or type(exc).__name__, EXIT_FAILURE
+        return str(exc) or type(exc).__name__, EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
     os_error = exc if isinstance(exc, OSError) else _os_error_in_chain(exc)
     if os_error is not None:
         return os_error_message(os_error), EXIT_FAILURE

@@ -28,6 +28,10 @@ METADATA_FILENAME = "metadata_fTq0l2T.csv"
 IMAGE_SUFFIX = "_satellite.tif"
 MASK_SUFFIX = "_kelp.tif"
 DEFAULT_DATA_DIR = Path("data")
+#: Split strategies, as named in the split file (``train_val_test_dataset_strategy=<name>.parquet``).
+SPLIT_STRATEGIES = ("cross_val", "random")
+#: How missing pixels are filled before band statistics, as named in the band-stats file.
+FILL_VALUE_NAMES = ("nan", "0")
 
 
 def tile_id_from_path(path: str | Path) -> str:

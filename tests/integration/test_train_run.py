@@ -234,12 +234,12 @@ def test_load_run_rebuilds_a_working_model(layout: DataLayout, tmp_path: Path) -
 def test_missing_inputs_fail_before_training(layout: DataLayout, tmp_path: Path) -> None:
     with pytest.raises(KelpsegError, match="no column 'split_7' for fold 7; folds available: 0, 1, 2"):
         train(tiny_config(layout, tmp_path, fold=7), progress=False)
-    with pytest.raises(StageNotRunError, match="run `make calculate-band-stats` first"):
+    with pytest.raises(StageNotRunError, match=r"run `kelpseg band-stats` \(make calculate-band-stats"):
         train(
             tiny_config(layout, tmp_path, band_stats_path=str(tmp_path / "none.json"), run_name="b"),
             progress=False,
         )
-    with pytest.raises(StageNotRunError, match="run `make train-val-test-split-cv` first"):
+    with pytest.raises(StageNotRunError, match=r"run `kelpseg split` \(make train-val-test-split-cv\) first"):
         train(
             tiny_config(layout, tmp_path, split_path=str(tmp_path / "none.parquet"), run_name="c"),
             progress=False,

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,11 @@ STAGES = (
 
 def kelpseg(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kelpseg.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kelpseg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},  # help and errors unwrapped
     )
 
 
@@ -41,12 +46,13 @@ def test_help_lists_every_stage() -> None:
         assert f" {stage} " in out.stdout, stage
 
 
-def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+def test_runtime_failure_is_one_line_on_stderr_exit_1(tmp_path: Path) -> None:
     out = kelpseg("eda", "--data-dir", str(tmp_path), "--quiet")
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert "Traceback" not in out.stderr + out.stdout
-    assert "error:" in out.stderr
-    assert "make aoi-grouping" in out.stderr.replace("\n", " ")
+    assert "error:" in out.stderr and "error:" not in out.stdout
+    message = " ".join(out.stderr.split())
+    assert "`kelpseg aoi-grouping` (make aoi-grouping)" in message
 
 
 def test_check_data_exit_codes(tmp_path: Path) -> None:
@@ -144,3 +150,79 @@ def test_inference_options_reach_every_prediction_command(tmp_path: Path, monkey
     assert all(dataclasses.replace(options, data_dir=None) == expected for options in seen.values()), seen
     defaults = runner.invoke(cli.app, ["eval", "--run-dir", "r"])
     assert defaults.exit_code == 0 and seen["eval"] == InferenceOptions()
+
+
+def test_version_and_short_help() -> None:
+    from kelpseg import __version__
+
+    out = kelpseg("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"kelpseg {__version__}"
+    short, long = kelpseg("predict", "-h"), kelpseg("predict", "--help")
+    assert short.returncode == 0 and short.stdout == long.stdout
+    assert "--tta-merge" in short.stdout and "<mean|max|min|gmean>" in short.stdout
+    assert "[best|last|FILE]" in short.stdout
+    assert "--install-completion" in kelpseg("-h").stdout
+
+
+def test_choices_are_validated_as_usage_errors(tmp_path: Path) -> None:
+    bad_merge = kelpseg("eval", "--run-dir", str(tmp_path), "--tta-merge", "median")
+    assert bad_merge.returncode == 2
+    assert "'median' is not one of 'mean', 'max', 'min', 'gmean'" in " ".join(bad_merge.stderr.split())
+    bad_ckpt = kelpseg("eval", "--run-dir", str(tmp_path), "--checkpoint", "newest")
+    assert bad_ckpt.returncode == 2 and "neither best nor last" in " ".join(bad_ckpt.stderr.split())
+    bad_mode = kelpseg("ensemble", str(tmp_path), "-o", str(tmp_path / "o"), "--mode", "average")
+    assert bad_mode.returncode == 2 and "'average' is not one of 'soft', 'vote'" in " ".join(
+        bad_mode.stderr.split()
+    )
+    assert bad_merge.stdout == bad_ckpt.stdout == ""
+
+
+def test_cv_predict_names_its_predictions_folder_with_preds_name() -> None:
+    out = kelpseg("cv-predict", "-h")
+    assert "--preds-name" in out.stdout and "--version" not in out.stdout
+
+
+def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path: Path) -> None:
+    import yaml
+
+    out = kelpseg(
+        "train", "--print-config", "-d", str(tmp_path), "--fold", "3", "--set", "lr=1e-4", "--set", "epochs=4"
+    )
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["fold"] == 3 and printed["lr"] == 1e-4 and printed["epochs"] == 4
+    assert printed["data_dir"] == str(tmp_path)
+    assert printed["architecture"] == "unet"  # the defaults are resolved too
+    assert not (tmp_path / "runs").exists() and not Path("runs", "unet").exists()
+
+
+def test_exit_codes_follow_usage_versus_runtime() -> None:
+    from kelpseg.cli import exit_code
+    from kelpseg.distributed.space import SweepSpaceError
+    from kelpseg.errors import KelpsegError, StageNotRunError
+    from kelpseg.train.config import ConfigError
+    from kelpseg.train.run import RunDirError
+
+    assert exit_code(ConfigError("x")) == exit_code(SweepSpaceError("x")) == 2
+    assert (
+        exit_code(StageNotRunError("x")) == exit_code(RunDirError("x")) == exit_code(KelpsegError("x")) == 1
+    )
+
+
+def test_verbose_sets_the_kelpseg_log_level() -> None:
+    import logging
+
+    from kelpseg.cli import setup_logging
+
+    logger = logging.getLogger("kelpseg")
+    before = (logger.level, list(logger.handlers))
+    try:
+        for count, level in ((0, logging.WARNING), (1, logging.INFO), (2, logging.DEBUG), (5, logging.DEBUG)):
+            setup_logging(count)
+            assert logger.level == level
+            assert sum(getattr(h, "_kelpseg_cli", False) for h in logger.handlers) == 1
+    finally:
+        logger.setLevel(before[0])
+        logger.handlers[:] = before[1]
+    out = kelpseg("-vv", "train", "--print-config")
+    assert out.returncode == 0

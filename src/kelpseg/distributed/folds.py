@@ -207,7 +207,7 @@ def train_folds(
     """Train ``folds`` of ``config`` (see the module docstring); returns one row per fold.
 
     ``progress`` shows Lightning's progress bars in sequential mode (parallel folds run quietly).
-    Nothing is printed here: show the table with ``result.rows()`` or :func:`print_folds`.
+    Nothing is printed here: ``result.rows()`` is the table ``kelpseg train-all-folds`` prints.
     """
     if max_retries < 0:
         raise KelpsegError(f"max_retries must be >= 0, got {max_retries}")
@@ -324,26 +324,3 @@ def _train_parallel(
             continue
         _fill(outcome, result)
         outcome.seconds = round(seconds[i], 2)
-
-
-def print_folds(result: FoldsResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    mode = "parallel" if result.parallel else "sequential"
-    table = Table(title=f"fold scores ({mode}, {result.wall_time_s:.1f} s)")
-    for column in ("fold", "status", "best val/dice", "epochs", "seconds", "attempts", "run_dir"):
-        table.add_column(column)
-    for o in result.outcomes:
-        dice = "" if o.best_val_dice is None else f"{o.best_val_dice:.4f}"
-        status = o.status + (f" ({o.error})" if o.error else "")
-        table.add_row(
-            str(o.fold),
-            status,
-            dice,
-            str(o.epochs or ""),
-            f"{o.seconds or 0:.1f}",
-            str(o.attempts),
-            o.run_dir,
-        )
-    Console().print(table)

@@ -56,7 +56,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import UsageError
 from kelpseg.io.yaml_file import read_yaml
 
 DISCRETE_KINDS = ("choice", "grid")
@@ -80,7 +80,7 @@ ASHA_KEYS = ("grace_period", "reduction_factor", "brackets")
 VALIDATION_SAMPLES = 16
 
 
-class SweepSpaceError(KelpsegError):
+class SweepSpaceError(UsageError):
     """A sweep space file is malformed or names options / values that training rejects."""
 
 

@@ -101,6 +101,25 @@ class SweepResult:
     def rows(self) -> list[dict[str, Any]]:
         return self.table.where(self.table.notna(), None).to_dict("records")
 
+    def ranked_rows(self) -> list[dict[str, str]]:
+        """The trials best first, as short strings: rank, trial, status (with its error), score,
+        epochs and the searched values (what ``kelpseg sweep`` prints)."""
+        params = [c for c in self.table.columns if c.startswith("param.")]
+        out = []
+        for row in self.table.to_dict("records"):
+            error = row["error"] if len(row["error"]) <= 80 else row["error"][:77] + "..."
+            out.append(
+                {
+                    "rank": "" if pd.isna(row["rank"]) else str(int(row["rank"])),
+                    "trial": row["trial_id"],
+                    "status": row["status"] + (f": {error}" if error else ""),
+                    self.metric: "" if not _present(row["best_score"]) else f"{row['best_score']:.4f}",
+                    "epochs": str(row["epochs"]),
+                    **{p.removeprefix("param."): _short(row[p]) for p in params},
+                }
+            )
+        return out
+
 
 @dataclass(frozen=True)
 class _TrialSetup:
@@ -377,7 +396,7 @@ def run_sweep(
     Run options left at ``None`` come from the space file, then from :data:`DEFAULT_RUN_OPTIONS`.
     ``trial_timeout_s`` stops a trial at the first epoch end past it (status ``stopped``);
     ``time_budget_s`` stops the whole sweep. ``progress`` shows Tune's trial status while it runs;
-    the ranked table is ``result.table`` (printed by :func:`print_sweep`).
+    the ranked table is ``result.table`` (``result.ranked_rows()`` as printed by ``kelpseg sweep``).
     ``name`` defaults to ``<space name>-<UTC timestamp>``; with ``resume=True`` and no name, the
     newest sweep of this space under ``storage_path`` is resumed.
     """
@@ -681,39 +700,6 @@ def _trial_run_id(run_dir: Path) -> str | None:
         return json.loads(path.read_text()).get("run_id") if path.is_file() else None
     except (OSError, ValueError):
         return None
-
-
-def print_sweep(result: SweepResult) -> None:
-    """The trials as a rich table, best first."""
-    from rich.console import Console
-    from rich.table import Table
-
-    params = [c for c in result.table.columns if c.startswith("param.")]
-    table = Table(
-        title=f"sweep {result.name}: trials by {result.metric} ({result.mode}), {result.wall_time_s:.0f} s"
-    )
-    for column in (
-        "rank",
-        "trial",
-        "status",
-        result.metric,
-        "epochs",
-        *[p.removeprefix("param.") for p in params],
-    ):
-        table.add_column(column)
-    for row in result.table.to_dict("records"):
-        score = "" if not _present(row["best_score"]) else f"{row['best_score']:.4f}"
-        error = row["error"] if len(row["error"]) <= 80 else row["error"][:77] + "..."
-        status = row["status"] + (f": {error}" if error else "")
-        rank = "" if pd.isna(row["rank"]) else str(int(row["rank"]))
-        values = [_short(row[p]) for p in params]
-        table.add_row(rank, row["trial_id"], status, score, str(row["epochs"]), *values)
-    Console().print(table)
-    if result.tracking_uri:
-        Console().print(
-            f"MLflow: {result.tracking_uri} experiment {result.experiment!r}, "
-            f"parent run {result.parent_run_id}"
-        )
 
 
 def _short(value: Any) -> str:

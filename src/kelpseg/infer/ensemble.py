@@ -40,12 +40,12 @@ from kelpseg.evaluate.evaluate import (
     prediction_to_labels,
     read_prediction,
 )
+from kelpseg.infer.choices import ENSEMBLE_MODES
 from kelpseg.io.atomic import write_json
 from kelpseg.io.tiles import write_mask, write_probability
 from kelpseg.layout import mask_name
 from kelpseg.parallel import pmap
 
-ENSEMBLE_MODES = ("soft", "vote")
 PROBABILITIES_DIRNAME = "probabilities"
 CONFIG_FILENAME = "ensemble_config.json"
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kelpseg.errors import KelpsegError
+from kelpseg.infer.choices import MERGE_MODES
 
 Op = Callable[[Tensor], Tensor]
 
@@ -66,7 +67,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "d4": tuple(TRANSFORMS),
     "flips": ("identity", "hflip", "vflip", "rot180"),
 }
-MERGE_MODES = ("mean", "max", "min", "gmean")
 _EPS = 1e-7
 
 

@@ -77,13 +77,13 @@ from kelpseg.features.indices import INDEX_REGISTRY, compute_indices, get_index,
 from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
 from kelpseg.io.tiles import read_tile
-from kelpseg.layout import DataLayout
+from kelpseg.layout import FILL_VALUE_NAMES, DataLayout
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
-FILL_VALUES: dict[str, float] = {"nan": math.nan, "0": 0.0}
+FILL_VALUES: dict[str, float] = dict(zip(FILL_VALUE_NAMES, (math.nan, 0.0), strict=True))
 QUANTILES: dict[str, float] = {
     "q01": 0.01,
     "q05": 0.05,

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from kelpseg.errors import KelpsegError
+from kelpseg.infer.choices import REFERENCE_SCORES
 
 log = logging.getLogger(__name__)
 
-SCORES = ("sigmoid", "softmax")
+SCORES = REFERENCE_SCORES
 MODEL_PREFIX = "model."
 _SAFE = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kelpseg.bands import BANDS, TILE_SIZE
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import KelpsegError, UsageError
 from kelpseg.io.yaml_file import read_yaml
 from kelpseg.layout import RUN_NAME_CHARS, DataLayout, is_valid_run_name
 from kelpseg.train.input_options import INTERPOLATIONS, NORMALIZATION_STRATEGIES, RESIZE_STRATEGIES
@@ -38,7 +38,7 @@ DEFAULT_BANDS = ["R", "G", "B", "SWIR", "NIR", "QA", "DEM"]
 _FIXED_SIZE_TOKENS = (224, 256, 336, 384, 448, 512)
 
 
-class ConfigError(KelpsegError):
+class ConfigError(UsageError):
     """A training option is unknown, malformed or inconsistent with another option."""
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import UsageError
 
 
-class LossConfigError(KelpsegError, ValueError):
+class LossConfigError(UsageError, ValueError):
     """Unknown loss name, malformed weighted-sum spec or unknown loss parameter."""
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ ARCHITECTURE_ALIASES: dict[str, str] = {
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
-class ModelConfigError(KelpsegError, ValueError):
+class ModelConfigError(UsageError, ValueError):
     """Unknown architecture or encoder, or weights that cannot be loaded."""
 
 

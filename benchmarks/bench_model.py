@@ -10,10 +10,10 @@ from pathlib import Path
 
 from bench_data import bench_tile_read, ensure_dataset
 from kelpseg.layout import DataLayout
+from kelpseg.recipes import train_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "train" / "cpu-demo.yaml"
-BEST = ROOT / "configs" / "train" / "best.yaml"
+DEMO = train_recipe("cpu-demo")
+BEST = train_recipe("best")
 
 
 def _prepared(data_dir: Path, args: argparse.Namespace) -> DataLayout:

@@ -9,8 +9,8 @@
    and — on synthetic data only, from ``truth/`` — the test Dice of the submission and of the
    baseline.
 
-On a CPU the default recipe is ``configs/train/cpu-demo.yaml`` on two folds; with a GPU it is
-``configs/train/best.yaml`` on every fold (the full reproduction on real data).
+On a CPU the default recipe is the packaged ``cpu-demo`` (:mod:`kelpseg.recipes`) on two folds;
+with a GPU it is ``best`` on every fold (the full reproduction on real data).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from kelpseg import tracking
 from kelpseg.errors import KelpsegError
 from kelpseg.io.atomic import write_json
 from kelpseg.layout import DataLayout
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
 
 
 @dataclass
@@ -73,7 +71,9 @@ def _has_gpu() -> bool:
 
 def default_recipe(options: PipelineOptions) -> tuple[Path, int | None]:
     gpu = _has_gpu()
-    config = options.config or CONFIG_DIR / ("best.yaml" if gpu else "cpu-demo.yaml")
+    from kelpseg.recipes import resolve_recipe, train_recipe
+
+    config = resolve_recipe(options.config) if options.config else train_recipe("best" if gpu else "cpu-demo")
     folds = options.folds if options.folds is not None else (None if gpu else 2)
     return config, folds
 

@@ -22,13 +22,14 @@ from kelpseg.distributed.folds import available_folds, train_folds
 from kelpseg.distributed.runner import CRASH_EPOCH_ENV, CRASH_MARKER_ENV
 from kelpseg.distributed.sweep import run_sweep
 from kelpseg.layout import DataLayout
+from kelpseg.recipes import sweep_space
 from kelpseg.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
 N_TRAIN, N_TEST, N_FOLDS = 24, 4, 3
 STEPS = 2
-SMOKE_SPACE = Path(__file__).parents[2] / "configs" / "sweeps" / "cpu-smoke.yaml"
+SMOKE_SPACE = sweep_space("cpu-smoke")
 
 
 @pytest.fixture(scope="module")

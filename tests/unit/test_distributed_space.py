@@ -29,9 +29,10 @@ from kelpseg.distributed.space import (
     validate_space,
 )
 from kelpseg.errors import KelpsegError
+from kelpseg.recipes import sweep_space
 from kelpseg.train.config import TrainConfig, load_config
 
-SWEEPS = Path(__file__).parents[2] / "configs" / "sweeps"
+SWEEPS = sweep_space("cpu-smoke").parent
 BASE = {"encoder": "resnet18", "decoder_channels": [16, 8, 4], "spectral_indices": ["DEMWM", "NDVI"]}
 
 
@@ -225,9 +226,11 @@ def test_grid_points_cross_the_gridded_options() -> None:
 
 
 @pytest.mark.parametrize("name", ["cpu-smoke", "encoder-architecture", "sampler-factors", "spectral-indices"])
-def test_shipped_spaces_are_valid_against_their_base(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(SWEEPS.parents[1])
-    parsed = load_space(SWEEPS / f"{name}.yaml")
+def test_shipped_spaces_are_valid_against_their_base(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the spaces' base recipes are found from anywhere
+    parsed = load_space(name)
     assert parsed.name == name and parsed.base is not None and parsed.metric == "val/dice"
     validate_space(parsed, load_config(parsed.base).to_dict())
     parsed.tune_space(parsed.run_options.get("search", "random"))

@@ -9,9 +9,10 @@ import pytest
 from kelpseg.errors import KelpsegError
 from kelpseg.features.indices import BEST_INDICES
 from kelpseg.layout import DataLayout
+from kelpseg.recipes import train_recipe
 from kelpseg.train.config import ConfigError, TrainConfig, load_config, parse_overrides
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+CONFIGS = train_recipe("best").parent
 
 
 def _error(overrides: list[str]) -> str:

@@ -10,3 +10,22 @@
 
 Importing this package is cheap; Ray is imported when first used. See ``docs/scale-out.md``.
 """
+
+from kelpseg._exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "train_folds": "folds",
+        "available_folds": "folds",
+        "FoldsResult": "folds",
+        "run_sweep": "sweep",
+        "SweepResult": "sweep",
+        "load_space": "space",
+        "SweepSpace": "space",
+        "SweepRunOptions": "space",
+        "SweepSpaceError": "space",
+        "init_ray": "ray_runtime",
+        "train_or_resume": "runner",
+    },
+)

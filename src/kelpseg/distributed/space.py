@@ -3,7 +3,8 @@
 Format (every key but ``params`` is optional; run options given to ``run_sweep`` win)::
 
     name: lr-and-loss                   # sweep name (folder and MLflow parent run); default: file stem
-    base: configs/train/cpu-demo.yaml   # the TrainConfig every trial starts from (relative to the cwd)
+    base: cpu-demo                      # the TrainConfig every trial starts from: a packaged
+                                        # recipe name or a YAML path (relative to the cwd)
     experiment: kelpseg-sweeps          # MLflow experiment of the parent and trial runs (default: base's)
     metric: val/dice                    # objective reported every epoch (val/dice = competition Dice)
     mode: max                           # max | min
@@ -194,7 +195,9 @@ class SweepSpace:
 # ---- parsing --------------------------------------------------------------------------------------
 def load_space(path: str | Path) -> SweepSpace:
     """Read and check the structure of a sweep space file (option values are checked by validate_space)."""
-    path = Path(path)
+    from kelpseg.recipes import SWEEPS, resolve_recipe
+
+    path = resolve_recipe(path, SWEEPS)
     return parse_space(read_yaml(path, "sweep space file", SweepSpaceError), path=path)
 
 

@@ -4,8 +4,9 @@ The fields are flat on purpose so that every option can be changed from the comm
 (``kelpseg train --set lr=1e-4 --set bands=R,G,B``). A run directory stores the resolved config
 as ``config.yaml``; that file alone (plus the checkpoint) is enough to predict again.
 
-Defaults are CPU-friendly; ``configs/train/best.yaml`` holds the winning recipe of the reference
-solution (UNet + tu-efficientnet_b5, 24 input channels, Dice loss, OneCycle, 50 epochs).
+Defaults are CPU-friendly; the packaged recipe ``best`` (:mod:`kelpseg.recipes`) holds the
+winning recipe of the reference solution (UNet + tu-efficientnet_b5, 24 input channels, Dice
+loss, OneCycle, 50 epochs).
 
 Validators enforce the reference rules (bands a subset of the seven, DEMWM needs DEM,
 QA masking needs the QA band, water masking needs DEMWM) and reject unknown architectures,
@@ -437,8 +438,14 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from the defaults) and apply ``key=value`` overrides."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML config (or start from the defaults) and apply ``key=value`` overrides.
+
+    ``path`` may name a packaged recipe (``cpu-demo``, ``best``) when no such file exists.
+    """
+    from kelpseg.recipes import resolve_recipe
+
+    path = resolve_recipe(path) if path is not None else None
+    data = _read_yaml(path) if path is not None else {}
     data.update(parse_overrides(overrides))
     source = str(path) if path is not None else "training config"
     if overrides:

@@ -122,7 +122,7 @@ def test_local_weights_file_loads_into_the_encoder(tmp_path: Path, form: str) ->
 
 def test_rgb_weights_are_adapted_to_more_channels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rgb = _reference(in_channels=3).encoder.state_dict()
-    partial = {k: v for k, v in rgb.items() if not k.startswith("layer4")}
+    partial = {k: v for k, v in rgb.items() if not k.startswith("layer2")}
     path = tmp_path / "rgb.pth"
     torch.save(partial, path)
     with caplog.at_level(logging.INFO):
@@ -132,7 +132,7 @@ def test_rgb_weights_are_adapted_to_more_channels(tmp_path: Path, caplog: pytest
     expected = torch.stack([src[:, i % 3] for i in range(5)], dim=1) * (3 / 5)
     torch.testing.assert_close(weight, expected)
     assert "first conv adapted to ['conv1.weight']" in caplog.text
-    assert "keep their random init: layer4" in caplog.text
+    assert "keep their random init: layer2" in caplog.text
 
 
 def test_unusable_weights_files_are_clear_errors(tmp_path: Path) -> None:
@@ -152,16 +152,77 @@ def test_unusable_weights_files_are_clear_errors(tmp_path: Path) -> None:
         _with_weights(bad_shape)
 
 
-def test_shallow_decoders_freeze_the_unused_encoder_stages() -> None:
-    """DDP refuses trainable parameters that never reach the loss; they are frozen instead."""
+def test_shallow_decoders_drop_the_unused_encoder_stages() -> None:
+    """The stages below a 3-stage decoder are removed, not carried: every parameter left is used."""
     shallow = model_from_config(_config("decoder_channels=16,8,4"), in_channels=3)
-    frozen = {n.split(".")[1] for n, p in shallow.named_parameters() if not p.requires_grad}
-    assert frozen == {"layer3", "layer4"}
+    assert not any(n.split(".")[1] in ("layer3", "layer4") for n, _ in shallow.state_dict().items())
+    assert isinstance(shallow.encoder.layer3, torch.nn.Identity)
+    assert all(p.requires_grad for p in shallow.parameters())
     shallow(torch.randn(2, 3, 32, 32)).sum().backward()
-    assert all(p.grad is not None for p in shallow.parameters() if p.requires_grad)
-    assert all(p.grad is None for p in shallow.parameters() if not p.requires_grad)
+    assert all(p.grad is not None for p in shallow.parameters())
     full = model_from_config(_config(), in_channels=3)
     assert all(p.requires_grad for p in full.parameters())
+    assert full.encoder.layer4.__class__.__name__ == "Sequential"
+
+
+def test_cpu_demo_model_holds_only_the_parameters_it_uses() -> None:
+    """Counted independently: smp's model of the recipe, parameters reached by a backward pass."""
+    import segmentation_models_pytorch as smp
+
+    from kelpseg.recipes import train_recipe
+    from kelpseg.train.models import count_parameters
+
+    config = load_config(train_recipe("cpu-demo"))
+    model = model_from_config(config)
+    reference = smp.Unet(
+        config.encoder,
+        encoder_weights=None,
+        in_channels=config.in_channels,
+        classes=1,
+        encoder_depth=len(config.decoder_channels),
+        decoder_channels=config.decoder_channels,
+    ).eval()
+    reference(torch.zeros(1, config.in_channels, 64, 64)).sum().backward()
+    used = sum(p.numel() for p in reference.parameters() if p.grad is not None)
+    carried = sum(p.numel() for p in reference.parameters())
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) == used
+    assert carried - used > 10_000_000  # what smp alone keeps for resnet18 cut to 3 stages
+    model.load_state_dict(
+        {k: v for k, v in reference.state_dict().items() if k in model.state_dict()}, strict=True
+    )
+    model.eval()
+    x = torch.randn(1, config.in_channels, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))  # the same stages, the same output
+
+
+def test_checkpoint_with_the_unused_stages_still_loads(tmp_path: Path) -> None:
+    from kelpseg.train.module import KelpSegmentationModule
+
+    config = _config(
+        "decoder_channels=16,8,4",
+        "bands=R,G,B",
+        "spectral_indices=[]",
+        "mask_using_qa=false",
+        "mask_using_water_mask=false",
+    )
+    stats = {c: {"min": 0.0, "max": 1.0, "mean": 0.5, "std": 0.1, "q01": 0.0, "q99": 1.0} for c in "RGB"}
+    module = KelpSegmentationModule(config, stats)
+    old = dict(module.state_dict())
+    import segmentation_models_pytorch as smp
+
+    full = smp.Unet(
+        "resnet18",
+        encoder_weights=None,
+        in_channels=3,
+        classes=1,
+        encoder_depth=3,
+        decoder_channels=[16, 8, 4],
+    )
+    extra = {f"model.{k}": v for k, v in full.state_dict().items() if k.startswith("encoder.layer4")}
+    checkpoint = {"state_dict": {**old, **extra}}
+    module.on_load_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == set(old)
 
 
 def test_factory_takes_explicit_arguments() -> None:

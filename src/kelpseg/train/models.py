@@ -195,36 +195,74 @@ def create_model(
             f"cannot build {spec.name} with encoder {encoder} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
-    if is_weights_file(encoder_weights):
-        load_encoder_weights(model, Path(str(encoder_weights)))
     depth = spec.encoder_depth(list(decoder_channels))
     if depth < 5:  # stages below the decoder stay unused (fixed-size encoders need their own size)
-        freeze_unused_parameters(model, in_channels, input_size or 2**depth * 8)
+        drop_unused_modules(model, in_channels, input_size or 2**depth * 8)
+    if is_weights_file(encoder_weights):  # after: a file's weights of the dropped stages are unused
+        load_encoder_weights(model, Path(str(encoder_weights)))
     return model
 
 
-def freeze_unused_parameters(model: nn.Module, in_channels: int, size: int) -> list[str]:
-    """Stop training the parameters that never reach the output; returns their names.
-
-    A shallow decoder (``len(decoder_channels) < 5``) leaves the deepest encoder stages unused,
-    but smp keeps them in the model. Unused trainable parameters make DDP fail ("parameters that
-    were not used in producing the loss"); frozen ones are ignored by DDP and the optimizer. Found
-    with one forward/backward pass on zeros in eval mode (no batch-norm statistics change).
-    """
+def _unused_parameter_names(model: nn.Module, in_channels: int, size: int) -> list[str]:
+    """Trainable parameters that get no gradient from one forward/backward pass on zeros (eval mode,
+    so no batch-norm statistics change)."""
     was_training = model.training
     model.eval()
     try:
         model(torch.zeros(1, in_channels, size, size)).sum().backward()
-        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+
+
+def drop_unused_modules(model: nn.Module, in_channels: int, size: int) -> list[str]:
+    """Remove the submodules that never reach the output; returns their names.
+
+    A shallow decoder (``len(decoder_channels) < 5``) leaves the deepest encoder stages unused,
+    but smp keeps them in the model (10.5 M parameters of resnet18's 11.2 M for a 3-stage decoder).
+    Every largest submodule whose parameters all get no gradient is replaced by ``nn.Identity``, so
+    the model summary, the optimizer and the checkpoints hold only what the model uses; the output
+    is checked to be bit-identical afterwards (else nothing is removed). Unused parameters left
+    inside used modules are frozen: DDP refuses trainable parameters that never reach the loss.
+    """
+    unused = set(_unused_parameter_names(model, in_channels, size))
+    if not unused:
+        return []
+    dropped: list[str] = []
+    for name, module in model.named_modules():  # parents before children: the largest first
+        if not name or any(name.startswith(f"{d}.") for d in dropped):
+            continue
+        names = [f"{name}.{n}" for n, _ in module.named_parameters()]
+        if names and all(n in unused for n in names):
+            dropped.append(name)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    originals: dict[str, nn.Module] = {}
+    with torch.no_grad():
+        before = model(x)
+        for name in dropped:
+            parent, _, child = name.rpartition(".")
+            originals[name] = model.get_submodule(name)
+            setattr(model.get_submodule(parent), child, nn.Identity())
+        try:
+            same = torch.equal(before, model(x))
+        except Exception:  # a removed module was needed after all
+            same = False
+    if not same:
+        for name, module in originals.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module)
+        dropped = []
+    model.train(was_training)
     params = dict(model.named_parameters())
-    for name in unused:
+    left = sorted(n for n in unused if n in params)
+    for name in left:
         params[name].requires_grad_(False)
-    if unused:
-        log.debug("froze %d unused parameters, e.g. %s", len(unused), unused[0])
-    return unused
+    if dropped or left:
+        log.debug("dropped unused modules %s; froze %d unused parameters", dropped, len(left))
+    return dropped
 
 
 # ---- local weights ---------------------------------------------------------------------------

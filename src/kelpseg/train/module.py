@@ -180,6 +180,25 @@ class KelpSegmentationModule(pl.LightningModule):
         )
 
     # ---- checkpoints ----------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before unused encoder stages were dropped still load: the weights of
+        the stages this model replaced by ``nn.Identity`` are left out."""
+        state = checkpoint.get("state_dict") or {}
+        own = self.state_dict()
+        for key in [k for k in state if k not in own and self._dropped(k)]:
+            del state[key]
+
+    def _dropped(self, key: str) -> bool:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            try:
+                module = self.get_submodule(".".join(parts[:i]))
+            except AttributeError:
+                return False
+            if isinstance(module, torch.nn.Identity):
+                return True
+        return False
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
         if bad:

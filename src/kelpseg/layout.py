@@ -179,6 +179,17 @@ def is_valid_run_name(name: str) -> bool:
     return RUN_NAME_PATTERN.fullmatch(name) is not None
 
 
+class _InRun:
+    """A file or folder of a run directory as an attribute: ``RunLayout(root).summary`` is
+    ``root / "summary.json"`` (on the class, the relative path)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layout: RunLayout | None, owner: type | None = None) -> Path:
+        return Path(self.name) if layout is None else layout.root / self.name
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths inside one kelpseg training run directory::
@@ -237,45 +248,16 @@ class RunLayout:
     def name(self) -> str:
         return self.root.name
 
-    @property
-    def config(self) -> Path:
-        return self.root / self.CONFIG
-
-    @property
-    def band_stats(self) -> Path:
-        return self.root / self.BAND_STATS
-
-    @property
-    def split(self) -> Path:
-        return self.root / self.SPLIT
-
-    @property
-    def mlflow(self) -> Path:
-        return self.root / self.MLFLOW
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / self.METRICS
-
-    @property
-    def summary(self) -> Path:
-        return self.root / self.SUMMARY
-
-    @property
-    def threshold(self) -> Path:
-        return self.root / self.THRESHOLD
-
-    @property
-    def provenance(self) -> Path:
-        return self.root / self.PROVENANCE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / self.CHECKPOINT_DIR
-
-    @property
-    def previews(self) -> Path:
-        return self.root / self.PREVIEW_DIR
+    config = _InRun(CONFIG)
+    band_stats = _InRun(BAND_STATS)
+    split = _InRun(SPLIT)
+    mlflow = _InRun(MLFLOW)
+    metrics = _InRun(METRICS)
+    summary = _InRun(SUMMARY)
+    threshold = _InRun(THRESHOLD)
+    provenance = _InRun(PROVENANCE)
+    checkpoints = _InRun(CHECKPOINT_DIR)
+    previews = _InRun(PREVIEW_DIR)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -288,10 +270,6 @@ class RunLayout:
     def checkpoint(self, name: str) -> Path:
         """``best`` / ``last`` -> ``checkpoints/<name>.ckpt``; any other value is taken as a file path."""
         return self.checkpoints / f"{name}.ckpt" if name in self.CHECKPOINT_NAMES else Path(name)
-
-    def checkpoint_file(self, name: str) -> str:
-        """Path of a checkpoint relative to the run directory (``checkpoints/last.ckpt``)."""
-        return f"{self.CHECKPOINT_DIR}/{name}.ckpt"
 
 
 #: Recognised run-directory formats, tried in order by :func:`detect_run_format`.

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from kelpseg.cli.app import app, console
-from kelpseg.cli.options import ConfigOpt, DataDir, Quiet, SetOpt, Workers
+from kelpseg.cli.options import ConfigOpt, DataDir, Quiet, SetOpt, Workers, forwarded
 from kelpseg.cli.tables import print_problems, print_table
 from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout
 
@@ -92,12 +92,7 @@ def run_cmd(
     from kelpseg.pipeline import PipelineOptions, run_pipeline
 
     opts = PipelineOptions(
-        workers=workers,
-        config=config,
-        folds=folds,
-        n_splits=n_splits,
-        n_train=n_train,
-        n_test=n_test,
+        **forwarded(locals(), ("workers", "config", "folds", "n_splits", "n_train", "n_test")),
         overrides=list(overrides or []),
         progress=not quiet,
     )

@@ -1,7 +1,8 @@
 """Options shared by several commands, written once (choices come from the registries)."""
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -97,6 +98,11 @@ INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("band_stats", BandStatsFile, None),
     ("reference_score", ReferenceScore, "sigmoid"),
 )
+
+
+def forwarded(values: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The options of a command (its ``locals()``) that go to the library function unchanged."""
+    return {name: values[name] for name in names if name in values}
 
 
 def parse_weights(weights: str | None) -> list[float] | str | None:

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 import typer
 
 from kelpseg.cli.app import app, console
-from kelpseg.cli.options import OptionalDataDir, Quiet, RayAddress, SetOpt
+from kelpseg.cli.options import OptionalDataDir, Quiet, RayAddress, SetOpt, forwarded
 from kelpseg.cli.tables import print_mlflow_hint, print_table
-from kelpseg.distributed.space import SCHEDULERS, SEARCHES
+from kelpseg.distributed.space import RUN_OPTION_KEYS, SCHEDULERS, SEARCHES
 
 
 @app.command("sweep")
@@ -45,16 +45,7 @@ def sweep_cmd(
     result = run_sweep(
         space,
         config,
-        num_samples=num_samples,
-        search=search,
-        scheduler=scheduler,
-        max_concurrent_trials=max_concurrent_trials,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        ray_address=ray_address,
-        storage_path=storage_path,
-        name=name,
-        resume=resume,
+        **forwarded(locals(), (*RUN_OPTION_KEYS, "ray_address", "storage_path", "name", "resume")),
         overrides=sets,
         progress=not quiet,
     )

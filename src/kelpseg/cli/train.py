@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 
 from kelpseg.cli.app import app, console
-from kelpseg.cli.options import ConfigOpt, OptionalDataDir, Quiet, RayAddress, SetOpt
+from kelpseg.cli.options import ConfigOpt, OptionalDataDir, Quiet, RayAddress, SetOpt, forwarded
 from kelpseg.cli.tables import print_mlflow_hint, print_table
 from kelpseg.layout import RunLayout
 
@@ -104,11 +104,7 @@ def train_all_folds_cmd(
     result = train_folds(
         cfg,
         fold_list,
-        parallel=parallel,
-        ray_address=ray_address,
-        cpus_per_fold=cpus_per_fold,
-        gpus_per_fold=gpus_per_fold,
-        max_retries=max_retries,
+        **forwarded(locals(), ("parallel", "ray_address", "cpus_per_fold", "gpus_per_fold", "max_retries")),
         progress=not quiet,
     )
     mode = "parallel" if result.parallel else "sequential"

@@ -226,3 +226,40 @@ def test_verbose_sets_the_kelpseg_log_level() -> None:
         logger.handlers[:] = before[1]
     out = kelpseg("-vv", "train", "--print-config")
     assert out.returncode == 0
+
+
+def test_scene_commands_receive_the_scene_and_inference_options(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from kelpseg import cli
+    from kelpseg.scene import mapping, timeseries
+
+    seen: dict[str, object] = {}
+    done = type(
+        "Done",
+        (),
+        {
+            "summary": {"kelp_ha": 1, "n_polygons": 1, "observed_clear_ha": 2, "cloud_masked_ha": 0},
+            "scene_id": "S",
+            "n_windows": 1,
+            "n_skipped": 0,
+            "seconds": 0.1,
+        },
+    )()
+    monkeypatch.setattr(mapping, "map_scene", lambda scene, runs, out, opts: seen.update(scene=opts) or done)
+    monkeypatch.setattr(
+        timeseries, "map_series", lambda *a, **k: seen.update(series=(a[3], k)) or ("c.csv", "p.png", [])
+    )
+    flags = ["-r", "r0", "-r", "r1", "-o", str(tmp_path), "--overlap", "0.25", "--qa-bits", "cloud, shadow"]
+    flags += ["--weights", "1,2", "--tta", "--batch-size", "4", "--workers", "0", "--quiet"]
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["scene", "s.tif", *flags])
+    assert out.exit_code == 0, out.output
+    series = runner.invoke(cli.app, ["scene-series", str(tmp_path), *flags, "--ray"])
+    assert series.exit_code == 0, series.output
+    opts = seen["scene"]
+    assert opts.overlap == 0.25 and opts.qa_bits == ["cloud", "shadow"] and opts.weights == [1.0, 2.0]
+    assert opts.dem is None and opts.skip_land is True and opts.min_mapping_unit == 2
+    assert opts.inference.tta and opts.inference.batch_size == 4 and opts.inference.num_workers == 0
+    series_opts, series_kwargs = seen["series"]
+    assert series_opts == opts and series_kwargs == {"ray": True, "ray_address": None}

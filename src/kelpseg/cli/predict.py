@@ -29,43 +29,53 @@ from kelpseg.cli.tables import print_table
 from kelpseg.layout import DEFAULT_DATA_DIR, DataLayout, RunLayout
 
 
-def inference_command(func: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the shared inference options, delivered as one ``options`` argument.
+def bundled_options(
+    params: tuple[tuple[str, object, object], ...],
+    build: Callable[[dict[str, Any], dict[str, Any]], Any],
+    into: str,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator giving a command the options ``params`` (name, annotation, default), delivered
+    as one argument ``into = build(those values, the command's other arguments)``.
 
-    The command declares ``options`` (plus ``workers`` and ``quiet``); the command line gets
-    ``--checkpoint --tta --tta-merge --bf16 --land-mask --batch-size`` and the wrapper builds the
-    :class:`~kelpseg.infer.predict.InferenceOptions` from them, so the option list is written
-    once for ``eval``, ``predict``, ``predict-and-submit`` and ``cv-predict``. (This module does
-    not postpone annotations, so the signature holds the real types typer reads.)
+    The options are placed before ``--workers`` / ``--quiet``. Commands in these modules do not
+    postpone annotations, so the signature holds the real types typer reads.
     """
-    signature = inspect.signature(func)
-    kept = [p for p in signature.parameters.values() if p.name != "options"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-        for name, annotation, default in INFERENCE_PARAMS
-    ]
-    tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept if p.name in ("workers", "quiet")]
-    head = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept if p.name not in ("workers", "quiet")
-    ]
+    names = [name for name, _, _ in params]
 
-    @functools.wraps(func)
-    def wrapper(**kwargs: Any) -> None:
-        from kelpseg.infer.predict import InferenceOptions
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(func)
+        kw = inspect.Parameter.KEYWORD_ONLY
+        kept = [p.replace(kind=kw) for p in signature.parameters.values() if p.name != into]
+        tail = [p for p in kept if p.name in ("workers", "quiet")]
+        added = [inspect.Parameter(n, kw, default=d, annotation=a) for n, a, d in params]
+        parameters = [p for p in kept if p not in tail] + added + tail
 
-        picked = {name: kwargs.pop(name) for name, _, _ in INFERENCE_PARAMS}
-        options = InferenceOptions(
-            **picked,
-            num_workers=kwargs["workers"],
-            progress=not kwargs["quiet"],
-            data_dir=kwargs.get("data_dir"),  # a reference run dir finds its stats in <data_dir>/processed
-        )
-        func(options=options, **kwargs)
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> None:
+            picked = {name: kwargs.pop(name) for name in names}
+            func(**{into: build(picked, kwargs)}, **kwargs)
 
-    parameters = head + added + tail
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-    return wrapper
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
+
+
+def _inference_options(picked: dict[str, Any], others: dict[str, Any]) -> Any:
+    from kelpseg.infer.predict import InferenceOptions
+
+    return InferenceOptions(
+        **picked,
+        num_workers=others["workers"],
+        progress=not others["quiet"],
+        data_dir=others.get("data_dir"),  # a reference run dir finds its stats in <data_dir>/processed
+    )
+
+
+#: ``--checkpoint --tta --tta-merge --bf16 --land-mask --batch-size`` (with ``--workers`` and
+#: ``--quiet``) as one ``options: InferenceOptions``, written once for every prediction command.
+inference_command = bundled_options(INFERENCE_PARAMS, _inference_options, "options")
 
 
 @app.command("eval")

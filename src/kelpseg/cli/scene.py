@@ -7,36 +7,7 @@ import typer
 
 from kelpseg.cli.app import app, console, err_console
 from kelpseg.cli.options import EnsembleThreshold, Quiet, RayAddress, Workers, parse_weights
-from kelpseg.cli.predict import inference_command
-
-
-def _scene_options(
-    options: Any,
-    window: int | None,
-    overlap: float,
-    qa_bits: str,
-    dem: Path | None,
-    aoi: Path | None,
-    skip_land: bool,
-    min_mapping_unit: int,
-    weights: str | None,
-    threshold: float | None,
-) -> Any:
-    from kelpseg.scene.mapping import SceneOptions
-
-    return SceneOptions(
-        window_size=window,
-        overlap=overlap,
-        qa_bits=[b.strip() for b in qa_bits.split(",") if b.strip()],
-        dem=dem,
-        aoi=aoi,
-        skip_land=skip_land,
-        min_mapping_unit=min_mapping_unit,
-        weights=parse_weights(weights),
-        threshold=threshold,
-        inference=options,
-    )
-
+from kelpseg.cli.predict import bundled_options, inference_command
 
 SceneRuns = Annotated[
     list[Path], typer.Option("--run-dir", "-r", help="Run dir; repeat for a fold ensemble.")
@@ -55,35 +26,58 @@ SkipLand = Annotated[bool, typer.Option(help="With a DEM: do not run the model o
 Mmu = Annotated[int, typer.Option("--min-mapping-unit", help="Smallest kelp polygon kept, in pixels.")]
 SceneWeights = Annotated[str | None, typer.Option(help="Ensemble weights: comma list or 'val'.")]
 
+SCENE_PARAMS: tuple[tuple[str, object, object], ...] = (
+    ("window", Window, None),
+    ("overlap", Overlap, 0.5),
+    ("qa_bits", QaBits, "cloud,dilated_cloud,shadow,cirrus"),
+    ("dem", DemOpt, None),
+    ("aoi", AoiOpt, None),
+    ("skip_land", SkipLand, True),
+    ("min_mapping_unit", Mmu, 2),
+    ("weights", SceneWeights, None),
+    ("threshold", EnsembleThreshold, None),
+)
+
+
+def _scene_options(picked: dict[str, Any], others: dict[str, Any]) -> Any:
+    from kelpseg.scene.mapping import SceneOptions
+
+    return SceneOptions(
+        window_size=picked["window"],
+        overlap=picked["overlap"],
+        qa_bits=[b.strip() for b in picked["qa_bits"].split(",") if b.strip()],
+        dem=picked["dem"],
+        aoi=picked["aoi"],
+        skip_land=picked["skip_land"],
+        min_mapping_unit=picked["min_mapping_unit"],
+        weights=parse_weights(picked["weights"]),
+        threshold=picked["threshold"],
+        inference=others.pop("options"),
+    )
+
+
+#: The scene options (window, overlap, QA bits, DEM, AOI, ...) as one ``scene_options``; the
+#: command also gets the inference options (``inference_command`` goes above this decorator).
+scene_command = bundled_options(SCENE_PARAMS, _scene_options, "scene_options")
+
 
 @app.command("scene")
 @inference_command
+@scene_command
 def scene_cmd(
-    options: Any,
+    scene_options: Any,
     scene: Annotated[Path, typer.Argument(help="C2 L2 scene folder, .tar, MTL file, or 7-band GeoTIFF.")],
     run_dir: SceneRuns,
     output_dir: SceneOut,
-    window: Window = None,
-    overlap: Overlap = 0.5,
-    qa_bits: QaBits = "cloud,dilated_cloud,shadow,cirrus",
-    dem: DemOpt = None,
-    aoi: AoiOpt = None,
-    skip_land: SkipLand = True,
-    min_mapping_unit: Mmu = 2,
-    weights: SceneWeights = None,
-    threshold: EnsembleThreshold = None,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Map a whole Landsat scene: probability and kelp COGs, kelp polygons, area summary."""
     from kelpseg.scene.mapping import map_scene
 
-    opts = _scene_options(
-        options, window, overlap, qa_bits, dem, aoi, skip_land, min_mapping_unit, weights, threshold
-    )
-    if dem is None:
+    if scene_options.dem is None:
         err_console.print("no --dem: the DEM band is nodata (-32768) everywhere", highlight=False)
-    res = map_scene(scene, run_dir, output_dir, opts)
+    res = map_scene(scene, run_dir, output_dir, scene_options)
     s = res.summary
     console.print(
         f"[green]{res.scene_id}[/] kelp {s['kelp_ha']} ha ({s['n_polygons']} polygons), observed "
@@ -94,20 +88,12 @@ def scene_cmd(
 
 @app.command("scene-series")
 @inference_command
+@scene_command
 def scene_series_cmd(
-    options: Any,
+    scene_options: Any,
     scenes: Annotated[Path, typer.Argument(help="Folder of scenes (C2 L2 folders, .tar, 7-band .tif).")],
     run_dir: SceneRuns,
     output_dir: SceneOut,
-    window: Window = None,
-    overlap: Overlap = 0.5,
-    qa_bits: QaBits = "cloud,dilated_cloud,shadow,cirrus",
-    dem: DemOpt = None,
-    aoi: AoiOpt = None,
-    skip_land: SkipLand = True,
-    min_mapping_unit: Mmu = 2,
-    weights: SceneWeights = None,
-    threshold: EnsembleThreshold = None,
     ray: Annotated[bool, typer.Option(help="One Ray task per scene.")] = False,
     ray_address: RayAddress = None,
     workers: Workers = 2,
@@ -116,10 +102,9 @@ def scene_series_cmd(
     """Map every scene of a folder: one CSV row per scene (and AOI polygon) and a plot."""
     from kelpseg.scene.timeseries import map_series
 
-    opts = _scene_options(
-        options, window, overlap, qa_bits, dem, aoi, skip_land, min_mapping_unit, weights, threshold
+    csv_path, png, rows = map_series(
+        scenes, run_dir, output_dir, scene_options, ray=ray, ray_address=ray_address
     )
-    csv_path, png, rows = map_series(scenes, run_dir, output_dir, opts, ray=ray, ray_address=ray_address)
     console.print(f"[green]time series[/] {csv_path} ({len(rows)} rows), plot {png}")
 
 

@@ -94,7 +94,7 @@ def read_run_config(
 
 def build_model(ref: ReferenceConfig, checkpoint: Path, in_channels: int, score: str) -> torch.nn.Module:
     """kelpseg's one-logit model of the config, holding the checkpoint's weights."""
-    from kelpseg.train.models import create_model
+    from kelpseg.train.module import model_from_config
 
     ckpt = read_checkpoint(checkpoint)
     hparams = ckpt.get("hyper_parameters") or {}
@@ -105,7 +105,7 @@ def build_model(ref: ReferenceConfig, checkpoint: Path, in_channels: int, score:
             f"(bands + spectral indices)"
         )
     cfg = ref.config
-    model = create_model(cfg, in_channels)
+    model = model_from_config(cfg, in_channels)
     state = to_one_logit(model_state(ckpt), score, checkpoint)
     what = (
         f"{cfg.architecture} with encoder {cfg.encoder}, decoder {cfg.decoder_channels} and "

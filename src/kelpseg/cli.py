@@ -126,6 +126,9 @@ def run_cmd(
     ] = None,
     workers: Workers = 2,
     quiet: Quiet = False,
+    retry_not_learning: Annotated[
+        int, typer.Option(help="Retries (half the lr, next seed) of a fold whose run did not learn.")
+    ] = 1,
 ) -> None:
     """The main job end to end: data, preparation, training, fold ensemble, submission, scores."""
     from kelpseg.pipeline import PipelineOptions, run_pipeline
@@ -139,6 +142,7 @@ def run_cmd(
         n_test=n_test,
         overrides=list(overrides or []),
         progress=not quiet,
+        retry_not_learning=retry_not_learning,
     )
     summary = run_pipeline(_layout(data_dir), opts, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
     print_table("stage times", [{"stage": k, "seconds": v} for k, v in summary.stage_seconds.items()])
@@ -337,6 +341,9 @@ def train_all_folds_cmd(
     cpus_per_fold: Annotated[float, typer.Option(help="CPUs per fold (parallel).")] = 1.0,
     gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold (parallel).")] = 0.0,
     max_retries: Annotated[int, typer.Option(help="Retries of a fold whose worker dies.")] = 2,
+    retry_not_learning: Annotated[
+        int, typer.Option(help="Retries (half the lr, next seed) of a fold whose run did not learn.")
+    ] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Train every CV fold (one after another, or in parallel on Ray) and print the fold scores."""
@@ -353,6 +360,7 @@ def train_all_folds_cmd(
         gpus_per_fold=gpus_per_fold,
         max_retries=max_retries,
         progress=not quiet,
+        retry_not_learning=retry_not_learning,
     )
     print_table("fold scores", result.rows())
 

@@ -147,6 +147,12 @@ class TrainConfig(BaseModel):
     preview_n_tiles: int = Field(4, ge=0)
     preview_every_n_epochs: int = Field(1, ge=1)
     decision_threshold: float = Field(0.5, gt=0, lt=1)
+    #: Learning check (kelpseg.train.health): after this many validations (0: off) a run whose best
+    #: val/dice is below learning_check_min_dice, or that predicts no kelp pixel, is flagged as not
+    #: learning (log, summary.json, MLflow); stop_if_not_learning then ends it at once.
+    learning_check_after: int = Field(3, ge=0)
+    learning_check_min_dice: float = Field(0.2, ge=0, lt=1)
+    stop_if_not_learning: bool = False
 
     # ---- tracking ---------------------------------------------------------------------------
     output_dir: str = "runs"

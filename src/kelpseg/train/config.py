@@ -93,6 +93,9 @@ class TrainConfig(BaseModel):
     encoder_weights: str | None = None
     decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
     decoder_attention_type: str | None = None
+    #: Initial kelp probability of the output layer (its bias starts at logit(prior)); None keeps
+    #: smp's initialisation (bias 0: probability 0.5 everywhere). See models.set_output_bias.
+    output_bias_prior: float | None = Field(None, gt=0, lt=1)
 
     # ---- optimisation -----------------------------------------------------------------------
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"

@@ -189,7 +189,29 @@ def create_model(config: TrainConfig, in_channels: int | None = None) -> nn.Modu
     if depth < 5:  # stages below the decoder stay unused (fixed-size encoders need their own size)
         size = config.image_size if config.resize_strategy == "resize" else 2**depth * 8
         freeze_unused_parameters(model, channels, size)
+    if config.output_bias_prior is not None:
+        set_output_bias(model, config.output_bias_prior)
     return model
+
+
+def set_output_bias(model: nn.Module, prior: float) -> None:
+    """Start the kelp logit at ``logit(prior)`` (the head's bias; its weights keep their init).
+
+    Without it a fresh head outputs logits around 0, i.e. kelp probability ~0.5 on every pixel,
+    and the first few hundred optimizer steps of a short recipe go into pushing that bias down
+    to the ~1 % kelp share (Adam moves a bias by about ``lr`` per step), while validation sees
+    a third of the tiles predicted as kelp. Starting at the prior ("prior-probability
+    initialisation", Lin et al. 2017, Focal Loss) lets training spend its steps on telling
+    kelp from water.
+    """
+    import math
+
+    head = getattr(model, "segmentation_head", None)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)] if head is not None else []
+    if not convs or convs[-1].bias is None:
+        raise ModelConfigError(f"{type(model).__name__}: no output convolution with a bias to initialise")
+    with torch.no_grad():
+        convs[-1].bias.fill_(math.log(prior / (1.0 - prior)))
 
 
 def freeze_unused_parameters(model: nn.Module, in_channels: int, size: int) -> list[str]:

@@ -5,8 +5,10 @@
 3. train the chosen recipe on the first folds, fit each run's threshold on its own val fold;
 4. the fold ensemble (threshold: the best on the pooled out-of-fold validation counts) predicts
    the test tiles → validated ``submission.tar`` with previews;
-5. scores: validation Dice of each fold next to the NDVI-in-water baseline on the same tiles,
-   and — on synthetic data only, from ``truth/`` — the test Dice of the submission and of the
+5. scores: validation Dice of each fold next to the NDVI-in-water baseline on the same tiles
+   (the fold table's ``check`` column marks a fold below the baseline, and one whose training
+   run was flagged as not learning even after ``retry_not_learning`` fallback retries), and
+   — on synthetic data only, from ``truth/`` — the test Dice of the submission and of the
    baseline.
 
 On a CPU the default recipe is the packaged ``cpu-demo`` (:mod:`kelpseg.recipes`) on two folds;
@@ -41,6 +43,8 @@ class PipelineOptions:
     seed: int = 0
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
+    #: retries of a fold whose run did not learn, with the fallback recipe (kelpseg.train.health)
+    retry_not_learning: int = 1
 
 
 @dataclass
@@ -90,6 +94,46 @@ class _Timer:
         self.summary.stage_seconds[name] = round(time.perf_counter() - start, 1)
 
 
+#: The fold table's mark of a fold whose validation Dice is below the NDVI baseline's.
+BELOW_BASELINE = "BELOW NDVI BASELINE"
+
+
+def fold_check(val_dice: float, baseline_dice: float, learning: str) -> str:
+    """``ok``, or what is wrong with a fold: below the NDVI baseline and/or not learning."""
+    from kelpseg.train.health import NOT_LEARNING
+
+    marks = [BELOW_BASELINE] if val_dice < baseline_dice else []
+    if learning == NOT_LEARNING:
+        marks.append("NOT LEARNING")
+    return "; ".join(marks) or "ok"
+
+
+def _train_fold(
+    config: Any, retries: int, progress: bool, say: Callable[[str], None]
+) -> tuple[Path, str, int]:
+    """Train one fold; retry a run that did not learn with the fallback recipe (up to ``retries``).
+
+    Returns the last run directory, its learning status and the number of retries.
+    """
+    from kelpseg.distributed.runner import read_summary
+    from kelpseg.train.health import fallback_config, is_not_learning
+    from kelpseg.train.run import default_run_name, train
+
+    base = config if config.run_name else config.model_copy(update={"run_name": default_run_name(config)})
+    run_dir = train(base, progress=progress)
+    retried = 0
+    while is_not_learning(read_summary(run_dir)) and retried < retries:
+        retried += 1
+        retry = fallback_config(base, retried)
+        say(
+            f"warning: fold {base.fold} did not learn ({run_dir}); retry {retried} of {retries} "
+            f"with lr {retry.lr:.3g}, seed {retry.seed}"
+        )
+        run_dir = train(retry, progress=progress)
+    status = str((read_summary(run_dir).get("learning") or {}).get("status", ""))
+    return run_dir, status, retried
+
+
 def run_pipeline(
     layout: DataLayout, options: PipelineOptions, say: Callable[[str], None] = print
 ) -> PipelineSummary:
@@ -107,7 +151,6 @@ def run_pipeline(
     from kelpseg.prep.plotting import plot_samples
     from kelpseg.prep.split import make_cv_split
     from kelpseg.train.config import load_config
-    from kelpseg.train.run import train
 
     w, progress = options.workers, options.progress
     synthetic = not layout.metadata_csv.exists() or layout.truth.exists()
@@ -161,15 +204,16 @@ def run_pipeline(
     catalog = load_catalog(layout).set_index("tile_id")
     folds = list(range(options.n_splits if n_folds is None else min(n_folds, options.n_splits)))
     run_dirs: list[Path] = []
+    learning: dict[int, tuple[str, int]] = {}
     with timer.stage(f"train {len(folds)} fold(s) ({config_path.name})"):
         for k in folds:
             say(f"fold {k}")
-            run_dirs.append(
-                train(
-                    load_config(config_path, [f"data_dir={layout.root}", f"fold={k}", *options.overrides]),
-                    progress=progress,
-                )
+            fold_config = load_config(
+                config_path, [f"data_dir={layout.root}", f"fold={k}", *options.overrides]
             )
+            run_dir, status, retried = _train_fold(fold_config, options.retry_not_learning, progress, say)
+            run_dirs.append(run_dir)
+            learning[k] = (status, retried)
     inference = InferenceOptions(num_workers=w, progress=progress)
     with timer.stage("validation + thresholds"):
         for k, run_dir in zip(folds, run_dirs, strict=True):
@@ -189,17 +233,25 @@ def run_pipeline(
                 workers=w,
                 progress=progress,
             )
-            summary.fold_rows.append(
-                {
-                    "fold": k,
-                    "val_tiles": len(val_ids),
-                    "val_dice": round(fitted.dice, 4),
-                    "threshold": fitted.threshold,
-                    "ndvi_baseline_val_dice": round(base_val["dice"], 4),
-                    "ndvi_threshold": base_fit.ndvi_threshold,
-                    "run_dir": str(run_dir),
-                }
-            )
+            status, retried = learning[k]
+            row = {
+                "fold": k,
+                "val_tiles": len(val_ids),
+                "val_dice": round(fitted.dice, 4),
+                "ndvi_baseline_val_dice": round(base_val["dice"], 4),
+                "check": fold_check(fitted.dice, base_val["dice"], status),
+                "learning": status,
+                "retried": retried,
+                "threshold": fitted.threshold,
+                "ndvi_threshold": base_fit.ndvi_threshold,
+                "run_dir": str(run_dir),
+            }
+            if row["check"] != "ok":
+                say(
+                    f"warning: fold {k}: {row['check']} (val Dice {row['val_dice']} vs NDVI baseline "
+                    f"{row['ndvi_baseline_val_dice']}; run {run_dir})"
+                )
+            summary.fold_rows.append(row)
     rows = summary.fold_rows
     summary.scores["val_dice_mean"] = round(sum(r["val_dice"] for r in rows) / len(rows), 4)
     summary.scores["ndvi_baseline_val_dice_mean"] = round(

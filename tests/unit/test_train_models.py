@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,21 @@ def test_factory_takes_explicit_arguments() -> None:
     with pytest.raises(ModelConfigError, match="unknown architecture 'nope'"):
         create_model("nope", "resnet18", 4)
     assert isinstance(ModelConfigError("x"), ValueError)
+
+
+def test_output_bias_prior_starts_every_pixel_at_the_prior() -> None:
+    def model(prior: float | None) -> torch.nn.Module:
+        config = TrainConfig(
+            encoder="resnet18", decoder_channels=[32, 16, 16], output_bias_prior=prior, mlflow=False
+        )
+        torch.manual_seed(0)
+        return model_from_config(config, 12).eval()
+
+    x = torch.randn(2, 12, 64, 64)
+    plain, primed = model(None), model(0.01)
+    with torch.no_grad():
+        shift = primed(x) - plain(x)  # same seed, same weights: only the head's bias differs
+    assert torch.allclose(shift, torch.full_like(shift, math.log(0.01 / 0.99)), atol=1e-4)
+    assert float(primed.segmentation_head[0].bias) == pytest.approx(math.log(0.01 / 0.99))
+    with pytest.raises(ValueError, match="output_bias_prior"):
+        TrainConfig(output_bias_prior=1.0)

@@ -83,6 +83,9 @@ def run_cmd(
     n_test: Annotated[int, typer.Option(min=1, help="Synthetic test tiles when data/raw is empty.")] = 60,
     overrides: SetOpt = None,
     workers: Workers = 2,
+    retry_not_learning: Annotated[
+        int, typer.Option(min=0, help="Retries (half the lr, next seed) of a fold whose run did not learn.")
+    ] = 1,
     quiet: Quiet = False,
 ) -> None:
     """The main job end to end: data, preparation, training, fold ensemble, submission, scores.
@@ -92,7 +95,9 @@ def run_cmd(
     from kelpseg.pipeline import PipelineOptions, run_pipeline
 
     opts = PipelineOptions(
-        **forwarded(locals(), ("workers", "config", "folds", "n_splits", "n_train", "n_test")),
+        **forwarded(
+            locals(), ("workers", "config", "folds", "n_splits", "n_train", "n_test", "retry_not_learning")
+        ),
         overrides=list(overrides or []),
         progress=not quiet,
     )

@@ -91,6 +91,9 @@ def train_all_folds_cmd(
     cpus_per_fold: Annotated[float, typer.Option(min=0.0, help="CPUs per fold (parallel).")] = 1.0,
     gpus_per_fold: Annotated[float, typer.Option(min=0.0, help="GPUs per fold (parallel).")] = 0.0,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries of a fold whose worker dies.")] = 2,
+    retry_not_learning: Annotated[
+        int, typer.Option(min=0, help="Retries (half the lr, next seed) of a fold whose run did not learn.")
+    ] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Train every CV fold (one after another, or in parallel on Ray) and print the fold scores."""
@@ -104,7 +107,17 @@ def train_all_folds_cmd(
     result = train_folds(
         cfg,
         fold_list,
-        **forwarded(locals(), ("parallel", "ray_address", "cpus_per_fold", "gpus_per_fold", "max_retries")),
+        **forwarded(
+            locals(),
+            (
+                "parallel",
+                "ray_address",
+                "cpus_per_fold",
+                "gpus_per_fold",
+                "max_retries",
+                "retry_not_learning",
+            ),
+        ),
         progress=not quiet,
     )
     mode = "parallel" if result.parallel else "sequential"

@@ -32,6 +32,7 @@ from kelpseg.distributed.runner import fault_callbacks, read_summary, train_or_r
 from kelpseg.errors import KelpsegError
 from kelpseg.layout import DataLayout
 from kelpseg.train.config import TrainConfig
+from kelpseg.train.health import NOT_LEARNING, fallback_config, is_not_learning
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ FOLD_COLUMNS = (
     "seconds",
     "attempts",
     "resumed",
+    "learning",
+    "retried",
     "error",
     "run_dir",
 )
@@ -62,6 +65,10 @@ class FoldOutcome:
     seconds: float | None = None
     attempts: int = 0
     resumed: bool = False
+    #: the learning check of the fold's (last) run: ok | NOT LEARNING | recovered | unchecked
+    learning: str = ""
+    #: retries with the fallback recipe after a run that did not learn (kelpseg.train.health)
+    retried: int = 0
     error: str = ""
 
 
@@ -136,23 +143,46 @@ def _run_fold(
     env: dict[str, str],
     in_worker: bool,
     progress: bool,
+    retry_not_learning: int = 0,
 ) -> dict[str, Any]:
-    """One attempt at one fold (runs in a Ray worker or in-process)."""
+    """One attempt at one fold (runs in a Ray worker or in-process).
+
+    A run that did not learn is trained again with the fallback recipe
+    (:func:`kelpseg.train.health.fallback_config`), up to ``retry_not_learning`` times; the
+    result is the last run's.
+    """
     if in_worker:
         apply_env(env)
-    config = TrainConfig.from_dict(config_dict, source="fold config")
+    base = TrainConfig.from_dict(config_dict, source="fold config")
     started = time.perf_counter()
-    outcome = train_or_resume(
-        config,
-        layout=layout,
-        progress=progress,
-        callbacks=fault_callbacks(str(config.run_name), hard=in_worker),
-    )
+    config, retried = base, 0
+    while True:
+        outcome = train_or_resume(
+            config,
+            layout=layout,
+            progress=progress,
+            callbacks=fault_callbacks(str(config.run_name), hard=in_worker),
+        )
+        if retried >= retry_not_learning or not is_not_learning(outcome.summary):
+            break
+        retried += 1
+        config = fallback_config(base, retried)
+        log.warning(
+            "fold %d did not learn (%s); retry %d of %d: lr %.3g, seed %d, run %s",
+            base.fold,
+            outcome.run_dir,
+            retried,
+            retry_not_learning,
+            config.lr,
+            config.seed,
+            config.run_name,
+        )
     return {
         "run_dir": str(outcome.run_dir),
         "action": outcome.action,
         "summary": outcome.summary,
         "seconds": round(time.perf_counter() - started, 2),
+        "retried": retried,
     }
 
 
@@ -182,6 +212,14 @@ def _fill(outcome: FoldOutcome, result: dict[str, Any]) -> None:
     outcome.best_val_dice = summary.get("best_val_dice")
     outcome.epochs = summary.get("epochs_done")
     outcome.resumed = outcome.resumed or result.get("action") == "resumed"
+    outcome.learning = _learning_mark(summary)
+    outcome.retried = int(result.get("retried", 0))
+
+
+def _learning_mark(summary: dict[str, Any]) -> str:
+    """The fold table's learning column: a run that did not learn is written in capitals."""
+    status = str((summary.get("learning") or {}).get("status", ""))
+    return "NOT LEARNING" if status == NOT_LEARNING else status
 
 
 def _fail(outcome: FoldOutcome, exc: BaseException) -> None:
@@ -190,6 +228,7 @@ def _fail(outcome: FoldOutcome, exc: BaseException) -> None:
     summary = read_summary(Path(outcome.run_dir))
     outcome.best_val_dice = summary.get("best_val_dice")
     outcome.epochs = summary.get("epochs_done")
+    outcome.learning = _learning_mark(summary)
 
 
 def train_folds(
@@ -203,14 +242,21 @@ def train_folds(
     max_retries: int = 2,
     layout: DataLayout | None = None,
     progress: bool = True,
+    retry_not_learning: int = 0,
 ) -> FoldsResult:
     """Train ``folds`` of ``config`` (see the module docstring); returns one row per fold.
+
+    ``retry_not_learning``: how often a fold whose run did not learn is trained again with the
+    fallback recipe (half the learning rate, the next seed each time; see
+    :mod:`kelpseg.train.health`); its row then shows the last run.
 
     ``progress`` shows Lightning's progress bars in sequential mode (parallel folds run quietly).
     Nothing is printed here: ``result.rows()`` is the table ``kelpseg train-all-folds`` prints.
     """
     if max_retries < 0:
         raise KelpsegError(f"max_retries must be >= 0, got {max_retries}")
+    if retry_not_learning < 0:
+        raise KelpsegError(f"retry_not_learning must be >= 0, got {retry_not_learning}")
     folds = [int(f) for f in folds]
     _check_folds(config, folds, layout)
     configs = fold_configs(config, folds)
@@ -225,9 +271,18 @@ def train_folds(
     ]
     started = time.perf_counter()
     if parallel:
-        _train_parallel(configs, outcomes, ray_address, cpus_per_fold, gpus_per_fold, max_retries, layout)
+        _train_parallel(
+            configs,
+            outcomes,
+            ray_address,
+            cpus_per_fold,
+            gpus_per_fold,
+            max_retries,
+            layout,
+            retry_not_learning,
+        )
     else:
-        _train_sequential(configs, outcomes, max_retries, layout, progress)
+        _train_sequential(configs, outcomes, max_retries, layout, progress, retry_not_learning)
     return FoldsResult(outcomes, parallel, round(time.perf_counter() - started, 2))
 
 
@@ -243,6 +298,7 @@ def _train_sequential(
     max_retries: int,
     layout: DataLayout | None,
     progress: bool,
+    retry_not_learning: int = 0,
 ) -> None:
     for config, outcome in zip(configs, outcomes, strict=True):
         seconds = 0.0
@@ -250,7 +306,9 @@ def _train_sequential(
             outcome.attempts += 1
             t0 = time.perf_counter()
             try:
-                result = _run_fold(config.to_dict(), layout, {}, in_worker=False, progress=progress)
+                result = _run_fold(
+                    config.to_dict(), layout, {}, False, progress, retry_not_learning=retry_not_learning
+                )
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
@@ -276,6 +334,7 @@ def _train_parallel(
     gpus_per_fold: float,
     max_retries: int,
     layout: DataLayout | None,
+    retry_not_learning: int = 0,
 ) -> None:
     if gpus_per_fold > 1:
         raise KelpsegError(
@@ -298,7 +357,7 @@ def _train_parallel(
 
     def submit(i: int) -> None:
         outcomes[i].attempts += 1
-        ref = task.remote(configs[i].to_dict(), layout, env, True, False)
+        ref = task.remote(configs[i].to_dict(), layout, env, True, False, retry_not_learning)
         pending[ref] = (i, time.perf_counter())
 
     for i in range(len(configs)):

@@ -95,6 +95,9 @@ class TrainConfig(BaseModel):
     encoder_weights: str | None = None
     decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
     decoder_attention_type: str | None = None
+    #: Initial kelp probability of the output layer (its bias starts at logit(prior)); None keeps
+    #: smp's initialisation (bias 0: probability 0.5 everywhere). See models.set_output_bias.
+    output_bias_prior: float | None = Field(None, gt=0, lt=1)
 
     # ---- optimisation -----------------------------------------------------------------------
     optimizer: Literal[tuple(OPTIMIZERS)] = "adamw"  # type: ignore[valid-type]
@@ -147,6 +150,12 @@ class TrainConfig(BaseModel):
     preview_n_tiles: int = Field(4, ge=0)
     preview_every_n_epochs: int = Field(1, ge=1)
     decision_threshold: float = Field(0.5, gt=0, lt=1)
+    #: Learning check (kelpseg.train.health): after this many validations (0: off) a run whose best
+    #: val/dice is below learning_check_min_dice, or that predicts no kelp pixel, is flagged as not
+    #: learning (log, summary.json, MLflow); stop_if_not_learning then ends it at once.
+    learning_check_after: int = Field(3, ge=0)
+    learning_check_min_dice: float = Field(0.2, ge=0, lt=1)
+    stop_if_not_learning: bool = False
 
     # ---- tracking ---------------------------------------------------------------------------
     output_dir: str = "runs"

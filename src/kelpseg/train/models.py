@@ -173,11 +173,13 @@ def create_model(
     decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
     decoder_attention_type: str | None = None,
     input_size: int | None = None,
+    output_bias_prior: float | None = None,
 ) -> nn.Module:
     """The segmentation network: input (N, in_channels, H, W) -> kelp logits (N, 1, H, W).
 
     ``input_size`` is the one input size an encoder built for a fixed size needs (None: any size
-    divisible by 2**depth).
+    divisible by 2**depth). ``output_bias_prior``: the kelp probability every pixel starts at
+    (None: smp's initialisation, about 0.5).
     """
     spec = get_architecture(architecture)
     kwargs = spec.kwargs(list(decoder_channels), decoder_attention_type)
@@ -200,7 +202,31 @@ def create_model(
         drop_unused_modules(model, in_channels, input_size or 2**depth * 8)
     if is_weights_file(encoder_weights):  # after: a file's weights of the dropped stages are unused
         load_encoder_weights(model, Path(str(encoder_weights)))
+    if output_bias_prior is not None:
+        set_output_bias(model, output_bias_prior)
     return model
+
+
+def set_output_bias(model: nn.Module, prior: float) -> None:
+    """Start the kelp logit at ``logit(prior)`` (the head's bias; its weights keep their init).
+
+    Without it a fresh head outputs logits around 0, i.e. kelp probability ~0.5 on every pixel,
+    and the first few hundred optimizer steps of a short recipe go into pushing that bias down
+    to the ~1 % kelp share (Adam moves a bias by about ``lr`` per step), while validation sees
+    a third of the tiles predicted as kelp. Starting at the prior ("prior-probability
+    initialisation", Lin et al. 2017, Focal Loss) lets training spend its steps on telling
+    kelp from water.
+    """
+    import math
+
+    if not 0 < prior < 1:
+        raise ModelConfigError(f"output_bias_prior must lie in (0, 1), got {prior}")
+    head = getattr(model, "segmentation_head", None)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)] if head is not None else []
+    if not convs or convs[-1].bias is None:
+        raise ModelConfigError(f"{type(model).__name__}: no output convolution with a bias to initialise")
+    with torch.no_grad():
+        convs[-1].bias.fill_(math.log(prior / (1.0 - prior)))
 
 
 def _unused_parameter_names(model: nn.Module, in_channels: int, size: int) -> list[str]:

@@ -51,6 +51,7 @@ def model_from_config(config: TrainConfig, in_channels: int | None = None) -> to
         decoder_channels=config.decoder_channels,
         decoder_attention_type=config.decoder_attention_type,
         input_size=config.image_size if config.resize_strategy == "resize" else None,
+        output_bias_prior=config.output_bias_prior,
     )
 
 
@@ -79,6 +80,7 @@ class KelpSegmentationModule(pl.LightningModule):
         self._generator: torch.Generator | None = None
         self._train_loss_sum = 0.0
         self._train_loss_count = 0
+        self.last_val_counts: tuple[int, int, int, int] | None = None
 
     # ---- inference ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +166,9 @@ class KelpSegmentationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()
+        m = self.val_metric
+        # kept for the learning check (kelpseg.train.health): did any pixel reach the threshold?
+        self.last_val_counts = (int(m.tp), int(m.fp), int(m.fn), int(m.tn))
         self.val_metric.reset()
         for name in METRIC_NAMES:
             # Already global (the counts are summed over processes); sync_dist only silences Lightning.

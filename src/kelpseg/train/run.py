@@ -50,6 +50,7 @@ from kelpseg.io.atomic import atomic_path, write_json
 from kelpseg.layout import DataLayout, RunLayout, detect_run_format
 from kelpseg.progress import is_terminal, verbose
 from kelpseg.train.config import TrainConfig
+from kelpseg.train.health import LearningCheck, learning_check, learning_report
 from kelpseg.train.module import KelpSegmentationModule
 from kelpseg.train.transforms import BatchTransform
 
@@ -317,6 +318,7 @@ def _callbacks(config: TrainConfig, run_dir: Path, preview_ids: list[str]) -> li
     )
     callbacks: list[Callback] = [
         EpochMetricsCallback(files.metrics),
+        learning_check(config),
         PreviewCallback(files.previews, preview_ids, config.preview_every_n_epochs),
         best,
         last,
@@ -440,6 +442,7 @@ def _summary(
     metrics_cb = next(
         (c for c in (trainer.callbacks if trainer else []) if isinstance(c, EpochMetricsCallback)), None
     )
+    check = next((c for c in (trainer.callbacks if trainer else []) if isinstance(c, LearningCheck)), None)
     samples = metrics_cb.train_samples if metrics_cb else 0
     seconds = metrics_cb.train_seconds if metrics_cb else 0.0
     summary = {
@@ -453,6 +456,7 @@ def _summary(
         "epochs_planned": config.epochs,
         "total_epoch_seconds": round(sum(float(r["seconds"]) for r in rows if r.get("seconds")), 2),
         "train_samples_per_s": round(samples / seconds, 3) if seconds > 0 else None,
+        "learning": learning_report(check),
         **extra,
     }
     write_json(RunLayout(run_dir).summary, summary)
@@ -513,6 +517,7 @@ def _fit(
             )
             if summary["best_score"] is not None:
                 logger.log_metrics({"best_score": summary["best_score"]})
+            logger.experiment.set_tag(logger.run_id, "learning", summary["learning"]["status"])
     return run_dir
 
 

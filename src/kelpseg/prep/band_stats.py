@@ -71,12 +71,20 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from kelpseg.bands import BANDS, band_positions
+from kelpseg.bands import BANDS, FILL_VALUE, band_positions
 from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
-from kelpseg.features.indices import INDEX_REGISTRY, compute_indices, get_index, validate_index_names
+from kelpseg.features.indices import (
+    INDEX_REGISTRY,
+    compute_indices,
+    cpu_blocks,
+    get_index,
+    qa_ok_mask,
+    validate_index_names,
+    water_mask,
+)
 from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
-from kelpseg.io.tiles import read_tile
+from kelpseg.io.tiles import raw_to_float, read_raw_tile
 from kelpseg.layout import DataLayout
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
@@ -231,7 +239,10 @@ class StatsState:
 
     def update_channel(self, c: int, values: np.ndarray) -> None:
         """Add the pixels of channel ``c`` (any shape, float32); non-finite ones are skipped."""
-        vals = _finite_values(values)
+        self.update_values(c, _finite_values(values))
+
+    def update_values(self, c: int, vals: np.ndarray) -> None:
+        """Add the pixels ``vals`` of channel ``c`` (1-D float32, every value finite)."""
         if vals.size == 0:
             return
         vmin, vmax = float(vals.min()), float(vals.max())
@@ -248,6 +259,16 @@ class StatsState:
         self._merge_moments(c, n_b, mean_b, m2_b)
         self.vmin[c] = min(self.vmin[c], vmin)
         self.vmax[c] = max(self.vmax[c], vmax)
+
+    def update_integer_counts(self, c: int, counts: np.ndarray) -> None:
+        """Add the pixels of integer channel ``c`` given as their histogram (INT_BINS counts)."""
+        nz = np.flatnonzero(counts)
+        if nz.size == 0:
+            return
+        self.hist[c] += counts
+        self._merge_moments(c, *_moments_from_counts(counts))
+        self.vmin[c] = min(self.vmin[c], float(nz[0] + INT_LOW))
+        self.vmax[c] = max(self.vmax[c], float(nz[-1] + INT_LOW))
 
     def merge(self, other: StatsState) -> StatsState:
         """Add ``other`` (same channels) into this state and return it."""
@@ -362,25 +383,83 @@ def new_state(indices: Sequence[str]) -> StatsState:
     return StatsState(channel_names(indices), (True,) * len(BANDS) + (False,) * len(indices))
 
 
-def update_with_batch(state: StatsState, x: np.ndarray, job: _Job) -> None:
-    """Add a batch of tiles ``x`` (N, 7, H, W) float32 (fill already applied) to ``state``."""
-    positions = band_positions(BANDS)
-    for b in range(len(BANDS)):
-        state.update_channel(b, x[:, b])
-    fill = FILL_VALUES[job.fill_value]
+def update_with_batch(state: StatsState, x: np.ndarray, job: _Job, raw: np.ndarray | None = None) -> None:
+    """Add a batch of tiles ``x`` (N, 7, H, W) float32 (fill already applied) to ``state``.
+
+    ``raw``: the same tiles as stored; when they are integers the band histograms are counted on
+    them directly (no float pass), with the same result.
+    """
+    # 8- and 16-bit integers lie inside the integer histogram's range by construction
+    if raw is not None and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.shape == x.shape:
+        _update_bands_from_integers(state, raw, job.fill_value)
+    else:
+        for b in range(len(BANDS)):
+            state.update_channel(b, x[:, b])
     for start in range(0, len(job.indices), INDEX_CHUNK):
         names = job.indices[start : start + INDEX_CHUNK]
+        if job.fill_value == "nan":
+            parts = _counted_index_values(x, names, job.mask_using_qa, job.mask_using_water_mask)
+            for j, values in enumerate(parts):
+                state.update_values(len(BANDS) + start + j, values)
+            continue
         idx = compute_indices(
             x,
-            positions,
+            band_positions(BANDS),
             names,
             mask_using_qa=job.mask_using_qa,
             mask_using_water_mask=job.mask_using_water_mask,
-            fill=fill,
+            fill=FILL_VALUES[job.fill_value],
         )
         for j in range(len(names)):
             state.update_channel(len(BANDS) + start + j, idx[:, j])
     state.n_tiles += x.shape[0]
+
+
+def _update_bands_from_integers(state: StatsState, raw: np.ndarray, fill_value: str) -> None:
+    """Band histograms straight from raw integer DN (N, 7, H, W): the fill -32768 is bin 0."""
+    fill_bin = 0 - INT_LOW if fill_value == "0" else None  # "nan": missing pixels do not count
+    for b in range(len(BANDS)):
+        keys = raw[:, b].astype(np.intp)
+        keys -= INT_LOW
+        counts = np.bincount(keys.ravel(), minlength=INT_BINS)
+        missing = int(counts[FILL_VALUE - INT_LOW])
+        counts[FILL_VALUE - INT_LOW] = 0
+        if fill_bin is not None:
+            counts[fill_bin] += missing
+        state.update_integer_counts(b, counts)
+
+
+def _counted_index_values(
+    x: np.ndarray, names: Sequence[str], mask_using_qa: bool, mask_using_water_mask: bool
+) -> list[np.ndarray]:
+    """The pixels that count for each index with NaN fill, as 1-D arrays in the batch's C order.
+
+    The same values, in the same order, as the finite entries of
+    ``compute_indices(x, ..., fill=nan)[:, j]`` (so the statistics are bit-identical), but without
+    materialising the masked, filled stack: per cache-sized block the keep mask is built once and
+    each raw formula result is selected with ``keep & isfinite`` in one boolean-indexing pass.
+    """
+    positions = band_positions(BANDS)
+    specs = [get_index(n) for n in names]
+    n, _, height, width = x.shape
+    parts: list[list[np.ndarray]] = [[] for _ in specs]
+    with np.errstate(all="ignore"):
+        for images, rows in cpu_blocks(n, height, width):
+            block = x[images, :, rows]
+            keep = None
+            if mask_using_qa:
+                keep = qa_ok_mask(block, positions)
+            if mask_using_water_mask:
+                water = water_mask(block, positions)
+                keep = water if keep is None else keep & water
+            for j, spec in enumerate(specs):
+                value = spec.func(**{b: block[:, positions[b]] for b in spec.needs})
+                value = np.asarray(value, dtype=np.float32)
+                counted = np.isfinite(value)
+                if keep is not None and spec.maskable:
+                    counted &= keep
+                parts[j].append(value[counted])
+    return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
 
 def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> StatsState:
@@ -389,8 +468,8 @@ def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> S
     fill = FILL_VALUES[job.fill_value]
     for start in range(0, len(job.paths), job.batch_size):
         chunk = job.paths[start : start + job.batch_size]
-        x = np.stack([read_tile(p, fill=fill) for p in chunk])
-        update_with_batch(state, x, job)
+        raw = np.stack([read_raw_tile(p) for p in chunk])
+        update_with_batch(state, raw_to_float(raw, fill), job, raw=raw)
         if on_progress is not None:
             on_progress(len(chunk))
     return state

@@ -430,6 +430,13 @@ ReferenceScore = Annotated[
         "or 'softmax' of its two logits (the fix; changes predictions)."
     ),
 ]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="How the model runs: auto (ONNX Runtime on a CPU, PyTorch on a GPU), eager, "
+        "channels_last, compile, onnx."
+    ),
+]
 Threshold = Annotated[
     float | None, typer.Option(help="Decision threshold (default: the run's fitted one, else 0.5).")
 ]
@@ -451,6 +458,7 @@ _INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("batch_size", BatchSize, 8),
     ("band_stats", BandStatsFile, None),
     ("reference_score", ReferenceScore, "sigmoid"),
+    ("backend", Backend, "auto"),
 )
 
 
@@ -513,6 +521,24 @@ def eval_cmd(
         + (f" ({at_half:.4f} at 0.50)" if at_half is not None else "")
         + f"; stored in {RunLayout(run_dir).threshold}"
     )
+
+
+# ---- export (begin) -------------------------------------------------------------------------
+@app.command("export")
+def export_cmd(
+    run_dir: RunDir,
+    checkpoint: Checkpoint = "best",
+) -> None:
+    """Export a run's model to ONNX (<run>/export/model.onnx) for fast CPU prediction."""
+    from kelpseg.infer.engine import export_onnx
+    from kelpseg.train.run import load_run
+
+    result = export_onnx(load_run(run_dir, checkpoint))
+    diff = result.info["max_probability_difference"]
+    console.print(f"[green]wrote[/] {result.path} (max probability difference to PyTorch {diff:.1e})")
+
+
+# ---- export (end) ---------------------------------------------------------------------------
 
 
 @app.command("evaluate")

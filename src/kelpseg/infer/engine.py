@@ -219,8 +219,8 @@ def checkpoint_sha256(run: Any) -> str | None:
 def build_runner(run: Any, backend: str, device: torch.device) -> Runner:
     """The callable that maps a normalised batch to logits with ``backend`` (already resolved)."""
     model = run.model.to(device).eval()
-    if backend == "eager":
-        return model
+    if backend == "eager":  # the reference: plain NCHW weights, whatever layout training used
+        return model.to(memory_format=torch.contiguous_format)
     if backend == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         return lambda x: model(x.contiguous(memory_format=torch.channels_last))

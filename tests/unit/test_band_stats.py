@@ -372,3 +372,19 @@ def test_fast_batch_update_equals_generic_path(fill_value: str, masking: tuple[b
     for c, (a, b) in enumerate(zip(fast.hist, generic.hist, strict=True)):
         np.testing.assert_array_equal(a, b, err_msg=fast.names[c])
     assert fast.count[BANDS.index("NIR")] == raw[:, 1].size - (3 * N_FILL_NIR if fill_value == "nan" else 0)
+
+
+def test_float_histogram_equals_bincount_of_float_keys() -> None:
+    from kelpseg.prep.band_stats import FLOAT_BINS, float_histogram, float_keys
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 5000),
+            rng.normal(0, 1e6, 5000),
+            [0.0, -0.0, 1e-40, -1e-40, 3.4e38, -3.4e38, 1.0, -1.0],
+        ]
+    ).astype(np.float32)
+    np.testing.assert_array_equal(
+        float_histogram(values), np.bincount(float_keys(values), minlength=FLOAT_BINS)
+    )

@@ -169,7 +169,14 @@ def _div(a: Array | float, b: Array) -> Array:
     """``a / (b + EPS)`` as the reference, but NaN where ``|b| < EPS`` (never ±inf or a huge number)."""
     if _REFERENCE_NUMERICS.get():
         return a / (b + EPS)
-    return _where(_abs(b) < EPS, NAN, a / (b + EPS))
+    if _is_torch(a) or _is_torch(b):
+        return _where(_abs(b) < EPS, NAN, a / (b + EPS))
+    # numpy: in place, and no masked copy when (as almost everywhere) no denominator is that small
+    quotient = np.divide(a, b + EPS)
+    small = np.abs(b) < EPS
+    if small.any():
+        quotient[small] = NAN
+    return quotient
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -146,6 +146,40 @@ def float_keys(values: np.ndarray) -> np.ndarray:
     return ordered.astype(np.intp)
 
 
+def _raw_bin_order() -> np.ndarray:
+    """``order[r]``: the float-histogram bin of the values whose float32 bit pattern has top bits ``r``.
+
+    Counting pixels by their raw top bits (one shift) and moving the counts to their bins once per
+    histogram gives exactly the histogram of :func:`float_keys`, without its per-pixel passes:
+    positive patterns map to ``r + 2**17``, negative ones (sign bit set) to ``2**18 - 1 - r``.
+    """
+    raw = np.arange(FLOAT_BINS, dtype=np.int64)
+    half = FLOAT_BINS // 2
+    return np.where(raw < half, raw + half, FLOAT_BINS - 1 - raw)
+
+
+_RAW_BIN_ORDER = _raw_bin_order()
+
+
+def raw_float_counts(values: np.ndarray) -> np.ndarray:
+    """Counts of finite float32 ``values`` per top-bits pattern, in raw order (see _raw_bin_order)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return np.bincount((bits >> np.uint32(FLOAT_SHIFT)).astype(np.intp), minlength=FLOAT_BINS)
+
+
+def ordered_float_counts(raw_counts: np.ndarray) -> np.ndarray:
+    """Raw-order counts moved to the float-histogram bins (the order of the values)."""
+    out = np.empty_like(raw_counts)
+    out[_RAW_BIN_ORDER] = raw_counts
+    return out
+
+
+def float_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts per float-histogram bin (FLOAT_BINS) of finite float32 ``values``; equals
+    ``np.bincount(float_keys(values), minlength=FLOAT_BINS)``."""
+    return ordered_float_counts(raw_float_counts(values))
+
+
 def _ordered_to_float(ordered: np.ndarray) -> np.ndarray:
     ordered = ordered.astype(np.uint32)
     u = np.where(ordered >= _SIGN, ordered & ~_SIGN, ~ordered)
@@ -205,7 +239,9 @@ def _integer_counts(vals: np.ndarray, vmin: float, vmax: float) -> tuple[np.ndar
 class StatsState:
     """Mergeable running statistics of some channels (see the module docstring).
 
-    ``integer[c]`` selects the exact integer histogram (bands) instead of the float one.
+    ``integer[c]`` selects the exact integer histogram (bands) instead of the float one. Float
+    histograms are kept in raw bit-pattern order (one shift per pixel to count) and put in value
+    order by :meth:`histogram`.
     """
 
     names: tuple[str, ...]
@@ -254,7 +290,7 @@ class StatsState:
             # cost O(bins) instead of O(pixels)
             n_b, mean_b, m2_b = _moments_from_counts(counts) if exact else _moments(vals)
         else:
-            self.hist[c] += np.bincount(float_keys(vals), minlength=FLOAT_BINS)
+            self.hist[c] += raw_float_counts(vals)
             n_b, mean_b, m2_b = _moments(vals)
         self._merge_moments(c, n_b, mean_b, m2_b)
         self.vmin[c] = min(self.vmin[c], vmin)
@@ -303,10 +339,14 @@ class StatsState:
         return state
 
     # ---- results ------------------------------------------------------------------------------
+    def histogram(self, c: int) -> np.ndarray:
+        """Counts per bin of channel ``c`` in the order of the values (integer or float bins)."""
+        return self.hist[c] if self.integer[c] else ordered_float_counts(self.hist[c])
+
     def quantiles(self, c: int) -> dict[str, float]:
         """Estimated ``np.quantile(..., method='linear')`` of channel ``c`` at :data:`QUANTILES`."""
         n = int(self.count[c])
-        cum = np.cumsum(self.hist[c])
+        cum = np.cumsum(self.histogram(c))
         probs = np.asarray(list(QUANTILES.values()))
         pos = (n - 1) * probs
         lo_rank = np.floor(pos).astype(np.int64)

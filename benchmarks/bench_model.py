@@ -72,7 +72,35 @@ def bench_band_stats(data_dir: Path, args: argparse.Namespace) -> dict:
         out[f"{label}_tiles_per_s"] = round(_median(rates[label]), 1)
         out[f"{label}_vs_read"] = round(_median(rates[label]) / read, 2)
     out["repeats"] = {k: [round(v, 1) for v in vs] for k, vs in rates.items()}
+    out.update(_band_stats_cpu_time(layout, list(BEST_INDICES)))
     return out
+
+
+def _band_stats_cpu_time(layout: DataLayout, indices: list[str]) -> dict:
+    """CPU seconds per tile of a raw read and of band stats (one process, in this one): unlike wall
+    time this does not depend on what else the machine runs, and ``2 * read / stats`` is the rate of
+    2 workers on 2 free cores relative to one process reading."""
+    from threadpoolctl import threadpool_limits
+
+    from kelpseg.io.catalog import train_catalog
+    from kelpseg.io.tiles import read_tile
+    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate
+
+    paths = tuple(str(p) for p in train_catalog(layout)["image_path"])
+    job = _Job(paths, _resolve_indices(indices), "nan", True, True)
+    with threadpool_limits(limits=1):
+        start = time.process_time()
+        for p in paths:
+            read_tile(p)
+        read = (time.process_time() - start) / len(paths)
+        start = time.process_time()
+        accumulate(job)
+        stats = (time.process_time() - start) / len(paths)
+    return {
+        "read_cpu_ms_per_tile": round(1000 * read, 1),
+        "best17_cpu_ms_per_tile": round(1000 * stats, 1),
+        "best17_2w_vs_read_on_free_cores": round(2 * read / stats, 2),
+    }
 
 
 def _train(layout: DataLayout, config: Path, sets: list[str]) -> dict:

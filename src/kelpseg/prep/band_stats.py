@@ -455,13 +455,27 @@ def update_with_batch(state: StatsState, x: np.ndarray, job: _Job, raw: np.ndarr
     state.n_tiles += x.shape[0]
 
 
+def _integer_band_counts(values: np.ndarray) -> np.ndarray:
+    """INT_BINS counts of 8/16-bit integer ``values`` (bin of v: v - INT_LOW)."""
+    counts = np.zeros(INT_BINS, np.int64)
+    if values.dtype == np.int16:  # count the bit patterns as uint16, then put negatives first
+        patterns = np.bincount(values.reshape(-1).view(np.uint16), minlength=1 << 16)
+        counts[-INT_LOW : -INT_LOW + (1 << 15)] = patterns[: 1 << 15]
+        counts[: 1 << 15] = patterns[1 << 15 :]
+    elif values.dtype == np.uint16:
+        counts[-INT_LOW:] = np.bincount(values.reshape(-1), minlength=1 << 16)
+    else:
+        keys = values.astype(np.intp).reshape(-1)
+        keys -= INT_LOW
+        counts += np.bincount(keys, minlength=INT_BINS)
+    return counts
+
+
 def _update_bands_from_integers(state: StatsState, raw: np.ndarray, fill_value: str) -> None:
     """Band histograms straight from raw integer DN (N, 7, H, W): the fill -32768 is bin 0."""
     fill_bin = 0 - INT_LOW if fill_value == "0" else None  # "nan": missing pixels do not count
     for b in range(len(BANDS)):
-        keys = raw[:, b].astype(np.intp)
-        keys -= INT_LOW
-        counts = np.bincount(keys.ravel(), minlength=INT_BINS)
+        counts = _integer_band_counts(raw[:, b])
         missing = int(counts[FILL_VALUE - INT_LOW])
         counts[FILL_VALUE - INT_LOW] = 0
         if fill_bin is not None:
@@ -475,30 +489,32 @@ def _counted_index_values(
     """The pixels that count for each index with NaN fill, as 1-D arrays in the batch's C order.
 
     The same values, in the same order, as the finite entries of
-    ``compute_indices(x, ..., fill=nan)[:, j]`` (so the statistics are bit-identical), but without
-    materialising the masked, filled stack: per cache-sized block the keep mask is built once and
-    each raw formula result is selected with ``keep & isfinite`` in one boolean-indexing pass.
+    ``compute_indices(x, ..., fill=nan)[:, j]`` (so the statistics are bit-identical), with less
+    work: per cache-sized block the bands are gathered once at the kept (unmasked) pixels and the
+    maskable formulas run on those pixels only (they are element-wise); no masked, filled stack is
+    made, and a result without a non-finite value is taken as it is.
     """
     positions = band_positions(BANDS)
     specs = [get_index(n) for n in names]
+    masked_needs = sorted({b for s in specs if s.maskable for b in s.needs})
     n, _, height, width = x.shape
     parts: list[list[np.ndarray]] = [[] for _ in specs]
     with np.errstate(all="ignore"):
         for images, rows in cpu_blocks(n, height, width):
             block = x[images, :, rows]
+            full = {b: block[:, positions[b]] for b in BANDS}
             keep = None
             if mask_using_qa:
                 keep = qa_ok_mask(block, positions)
             if mask_using_water_mask:
                 water = water_mask(block, positions)
                 keep = water if keep is None else keep & water
+            kept = full if keep is None else {b: full[b][keep] for b in masked_needs}
             for j, spec in enumerate(specs):
-                value = spec.func(**{b: block[:, positions[b]] for b in spec.needs})
-                value = np.asarray(value, dtype=np.float32)
-                counted = np.isfinite(value)
-                if keep is not None and spec.maskable:
-                    counted &= keep
-                parts[j].append(value[counted])
+                bands = kept if spec.maskable else full
+                value = np.asarray(spec.func(**{b: bands[b] for b in spec.needs}), dtype=np.float32)
+                finite = np.isfinite(value)
+                parts[j].append(value.ravel() if finite.all() else value[finite])
     return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
 

@@ -128,6 +128,10 @@ eval: $(STAMP) ## Score RUN_DIR on its own validation fold and store its best th
 eval-from-folders: $(STAMP) ## Competition metric of PREDS_DIR against GT_DIR (paired by tile id)
 	$(KELPSEG) evaluate --gt-dir $(GT_DIR) --preds-dir $(PREDS_DIR)
 
+.PHONY: export
+export: $(STAMP) ## Export RUN_DIR's model to ONNX (RUN_DIR/export/model.onnx), used by CPU prediction
+	$(KELPSEG) export --run-dir $(RUN_DIR) --checkpoint $(CHECKPOINT)
+
 predict: $(STAMP) ## Predict PREDS_INPUT_DIR with RUN_DIR into PREDS_OUTPUT_DIR
 	$(KELPSEG) predict --run-dir $(RUN_DIR) --input-dir $(PREDS_INPUT_DIR) --output-dir $(PREDS_OUTPUT_DIR) \
 		--checkpoint $(CHECKPOINT) $(if $(THRESHOLD),--threshold $(THRESHOLD),)

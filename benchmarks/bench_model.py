@@ -47,20 +47,60 @@ def bench_aoi_grouping(data_dir: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def _median(values: list[float]) -> float:
+    return float(sorted(values)[len(values) // 2])
+
+
 def bench_band_stats(data_dir: Path, args: argparse.Namespace) -> dict:
-    """Band stats (bands only, the best model's 17 indices, every index) vs the raw read rate."""
+    """Band stats with 2 workers (bands + the best recipe's 17 indices; bands + every index) against
+    the raw single-process read rate, measured interleaved in this run (medians of the repeats)."""
     from kelpseg.features.indices import BEST_INDICES
     from kelpseg.prep.band_stats import compute_band_stats
 
     layout = ensure_dataset(data_dir, args)
-    read = bench_tile_read(data_dir, args)
-    out = {"raw_read_tiles_per_s_1w": read["tiles_per_s"]}
-    for label, indices in (("bands_only", []), ("best17", list(BEST_INDICES)), ("all_indices", None)):
-        start = time.perf_counter()
-        stats, _ = compute_band_stats(layout, indices=indices, workers=2, progress=False)
-        out[f"{label}_tiles_per_s_2w"] = round(stats.n_tiles / (time.perf_counter() - start), 1)
-    out["n_train_tiles"] = stats.n_tiles
+    compute_band_stats(layout, indices=[], workers=2, progress=False)  # fork server and file cache warm
+    rates: dict[str, list[float]] = {"read_1w": [], "best17_2w": [], "all_indices_2w": []}
+    for _ in range(args.repeats):
+        rates["read_1w"].append(bench_tile_read(data_dir, args)["tiles_per_s"])
+        for label, indices in (("best17_2w", list(BEST_INDICES)), ("all_indices_2w", None)):
+            start = time.perf_counter()
+            stats, _ = compute_band_stats(layout, indices=indices, workers=2, progress=False)
+            rates[label].append(stats.n_tiles / (time.perf_counter() - start))
+    read = _median(rates["read_1w"])
+    out: dict = {"n_train_tiles": stats.n_tiles, "raw_read_tiles_per_s_1w": round(read, 1)}
+    for label in ("best17_2w", "all_indices_2w"):
+        out[f"{label}_tiles_per_s"] = round(_median(rates[label]), 1)
+        out[f"{label}_vs_read"] = round(_median(rates[label]) / read, 2)
+    out["repeats"] = {k: [round(v, 1) for v in vs] for k, vs in rates.items()}
+    out.update(_band_stats_cpu_time(layout, list(BEST_INDICES)))
     return out
+
+
+def _band_stats_cpu_time(layout: DataLayout, indices: list[str]) -> dict:
+    """CPU seconds per tile of a raw read and of band stats (one process, in this one): unlike wall
+    time this does not depend on what else the machine runs, and ``2 * read / stats`` is the rate of
+    2 workers on 2 free cores relative to one process reading."""
+    from threadpoolctl import threadpool_limits
+
+    from kelpseg.io.catalog import train_catalog
+    from kelpseg.io.tiles import read_tile
+    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate
+
+    paths = tuple(str(p) for p in train_catalog(layout)["image_path"])
+    job = _Job(paths, _resolve_indices(indices), "nan", True, True)
+    with threadpool_limits(limits=1):
+        start = time.process_time()
+        for p in paths:
+            read_tile(p)
+        read = (time.process_time() - start) / len(paths)
+        start = time.process_time()
+        accumulate(job)
+        stats = (time.process_time() - start) / len(paths)
+    return {
+        "read_cpu_ms_per_tile": round(1000 * read, 1),
+        "best17_cpu_ms_per_tile": round(1000 * stats, 1),
+        "best17_2w_vs_read_on_free_cores": round(2 * read / stats, 2),
+    }
 
 
 def _train(layout: DataLayout, config: Path, sets: list[str]) -> dict:
@@ -79,73 +119,81 @@ def _train(layout: DataLayout, config: Path, sets: list[str]) -> dict:
     return {"run_dir": run_dir, **summary, "last_epoch_samples_per_s": float(last["train_samples_per_s"])}
 
 
+#: The reference solution's recipe at a CPU-sized model: UNet + tu-resnet18, 24 channels, batch 4, fp32.
+REFERENCE_RECIPE = [
+    "encoder=tu-resnet18",
+    "encoder_weights=null",
+    "precision=32-true",
+    "batch_size=4",
+    "num_workers=2",
+    "limit_val_batches=1",
+]
+
+
 def bench_train(data_dir: Path, args: argparse.Namespace) -> dict:
-    """Training samples/s: the demo recipe and UNet + tu-efficientnet_b5 at 352 px, ± decoded cache."""
+    """Training samples/s at the reference recipe (best.yaml's 24 channels, UNet + tu-resnet18, batch 4,
+    fp32): the old input path (GeoTIFF reads, NCHW) against the default fast path (decoded tile
+    cache, channels-last), interleaved; steady state = the last epoch of each run."""
     layout = _prepared(data_dir, args)
-    out: dict = {}
-    for cache in (False, True):
-        tag = "cache" if cache else "geotiff"
-        demo = _train(
-            layout, DEMO, ["epochs=2", "samples_per_epoch=128", f"use_cache={cache}", "limit_val_batches=1"]
-        )
-        out[f"demo_{tag}_samples_per_s"] = demo["last_epoch_samples_per_s"]
-        b5 = _train(
-            layout,
-            BEST,
-            [
-                "epochs=2",
-                "batch_size=4",
-                "samples_per_epoch=12",
-                "encoder_weights=null",
-                "precision=32-true",
-                f"use_cache={cache}",
-                "limit_val_batches=1",
-                "num_workers=2",
-            ],
-        )
-        out[f"effnet_b5_352_{tag}_samples_per_s"] = b5["last_epoch_samples_per_s"]
+    paths = {
+        "baseline_geotiff_nchw": ["use_cache=false", "channels_last=false"],
+        "cache_channels_last": ["use_cache=true", "channels_last=true"],
+    }
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(args.repeats):
+        for name, sets in paths.items():
+            run = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=2", "samples_per_epoch=16", *sets])
+            rates[name].append(run["last_epoch_samples_per_s"])
     shutil.rmtree(layout.root / "bench-runs", ignore_errors=True)
-    return out
+    base, fast = _median(rates["baseline_geotiff_nchw"]), _median(rates["cache_channels_last"])
+    return {
+        "recipe": "best.yaml channels, UNet tu-resnet18, batch 4, fp32, 352 px",
+        "baseline_samples_per_s": round(base, 3),
+        "fast_samples_per_s": round(fast, 3),
+        "fast_vs_baseline": round(fast / base, 2),
+        "repeats": {k: [round(v, 3) for v in vs] for k, vs in rates.items()},
+    }
 
 
 def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
-    """Inference tiles/s including reading and writing files: fp32 vs bf16, with and without TTA."""
-    from kelpseg.infer.predict import InferenceOptions, predict_folder
+    """Prediction tiles/s including reading and writing files, at the reference recipe's model (UNet +
+    tu-resnet18, 24 channels, batch 4, fp32): eager PyTorch (the baseline), channels-last, and ONNX
+    Runtime from the run's `kelpseg export` artefact (the default on a CPU), interleaved; plus the
+    largest probability difference of each fast path to eager over the predicted tiles."""
+    import numpy as np
+
+    from kelpseg.infer.engine import export_onnx
+    from kelpseg.infer.predict import InferenceOptions, iter_probabilities, predict_folder
+    from kelpseg.train.run import load_run
 
     layout = _prepared(data_dir, args)
-    runs = {
-        "demo": _train(layout, DEMO, ["epochs=1", "samples_per_epoch=16", "limit_val_batches=1"])["run_dir"],
-        "effnet_b5": _train(
-            layout,
-            BEST,
-            [
-                "epochs=1",
-                "batch_size=2",
-                "samples_per_epoch=2",
-                "encoder_weights=null",
-                "precision=32-true",
-                "limit_val_batches=1",
-            ],
-        )["run_dir"],
-    }
-    tiles = sorted(layout.test_images.glob("*_satellite.tif"))
-    out: dict = {}
-    for name, run_dir in runs.items():
-        for bf16 in (False, True):
-            for tta in (False, True):
-                n = 8 if name == "effnet_b5" and tta else 16 if name == "effnet_b5" else len(tiles)
-                dest = layout.root / "bench-preds"
-                start = time.perf_counter()
-                predict_folder(
-                    run_dir,
-                    tiles[:n],
-                    dest,
-                    options=InferenceOptions(bf16=bf16, tta=tta, batch_size=4, progress=False),
-                )
-                key = f"{name}_{'bf16' if bf16 else 'fp32'}_{'tta8' if tta else 'notta'}_tiles_per_s"
-                out[key] = round(n / (time.perf_counter() - start), 2)
-                shutil.rmtree(dest, ignore_errors=True)
+    run_dir = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=1", "samples_per_epoch=8"])["run_dir"]
+    export_onnx(load_run(run_dir))
+    tiles = sorted(layout.test_images.glob("*_satellite.tif"))[: args.predict_tiles]
+    backends = ("eager", "channels_last", "onnx")
+    rates: dict[str, list[float]] = {b: [] for b in backends}
+    for _ in range(args.repeats):
+        for backend in backends:
+            dest = layout.root / "bench-preds"
+            start = time.perf_counter()
+            opts = InferenceOptions(backend=backend, batch_size=4, progress=False)
+            predict_folder(run_dir, tiles, dest, options=opts)
+            rates[backend].append(len(tiles) / (time.perf_counter() - start))
+            shutil.rmtree(dest, ignore_errors=True)
+    run = load_run(run_dir)
+    probs = {}
+    for backend in backends:
+        opts = InferenceOptions(backend=backend, batch_size=4, num_workers=0, progress=False)
+        probs[backend] = np.concatenate([p for _, p, _ in iter_probabilities(run, tiles[:8], opts)])
     shutil.rmtree(layout.root / "bench-runs", ignore_errors=True)
+    base = _median(rates["eager"])
+    out: dict = {"model": "UNet tu-resnet18, 24 channels, batch 4, fp32", "n_tiles": len(tiles)}
+    for backend in backends:
+        out[f"{backend}_tiles_per_s"] = round(_median(rates[backend]), 2)
+        if backend != "eager":
+            out[f"{backend}_vs_eager"] = round(_median(rates[backend]) / base, 2)
+            out[f"{backend}_max_prob_diff"] = float(np.abs(probs[backend] - probs["eager"]).max())
+    out["repeats"] = {k: [round(v, 2) for v in vs] for k, vs in rates.items()}
     return out
 
 

@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="reuse/generate the dataset here")
     parser.add_argument("--n-train", type=int, default=120)
     parser.add_argument("--n-test", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each comparison")
+    parser.add_argument("--predict-tiles", type=int, default=16, help="test tiles per prediction timing")
     args = parser.parse_args()
     quiet_libraries()  # the JSON lines, not Lightning's banners
     names = args.only or list(BENCHMARKS)

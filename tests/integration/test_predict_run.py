@@ -187,3 +187,28 @@ def test_submission_workflows(tiny_run: tuple[DataLayout, Path], tmp_path: Path)
         assert differ < 1e-4  # float rounding at the threshold only
     record = json.loads((ens.folder / "workflow.json").read_text())
     assert record["weights"] == [1.0, 3.0] and record["mode"] == "soft" and len(record["run_dirs"]) == 2
+
+
+def test_exported_onnx_prediction_equals_eager(tiny_run: tuple[DataLayout, Path], tmp_path: Path) -> None:
+    """`kelpseg export`, then the default CPU backend predicts from the artefact; its probabilities
+    equal fp32 eager PyTorch's within 1e-3, tile by tile, as written to disk."""
+    from typer.testing import CliRunner
+
+    from kelpseg.cli import app
+    from kelpseg.infer.engine import PROBABILITY_TOLERANCE
+
+    layout, run_dir = tiny_run
+    result = CliRunner().invoke(app, ["export", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "export" / "model.onnx").is_file()
+    info = json.loads((run_dir / "export" / "export.json").read_text())
+    assert info["input"]["channels"] == 9 and info["max_probability_difference"] <= PROBABILITY_TOLERANCE
+    probs = {}
+    for backend in ("eager", "auto"):
+        out = tmp_path / backend
+        opts = InferenceOptions(backend=backend, batch_size=2, num_workers=0, progress=False)
+        predict_folder(run_dir, layout.test_images, out, soft=True, options=opts)
+        assert json.loads((out / "predict_config.json").read_text())["backend"] == backend
+        probs[backend] = np.stack([rasterio.open(out / f"{t}_kelp.tif").read(1) for t in TEST])
+    assert probs["eager"].std() > 0
+    np.testing.assert_allclose(probs["auto"], probs["eager"], atol=PROBABILITY_TOLERANCE, rtol=0)

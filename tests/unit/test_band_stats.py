@@ -342,3 +342,49 @@ def test_dead_worker_is_reported(dataset: DataLayout) -> None:
     jobs = [band_stats._Job(("a",), (), "nan", True, True), band_stats._Job(("b",), (), "nan", True, True)]
     with pytest.raises(RuntimeError, match=r"worker died \(exit code 3\)"):
         band_stats._run_parallel(jobs, tqdm(disable=True), target=_dying_worker)
+
+
+@pytest.mark.parametrize("fill_value", ["nan", "0"])
+@pytest.mark.parametrize("masking", [(True, True), (False, True), (False, False)])
+def test_fast_batch_update_equals_generic_path(fill_value: str, masking: tuple[bool, bool]) -> None:
+    """Bands counted on the raw integers and indices selected without the filled stack give the
+    same state, bit for bit, as the generic float path (update_channel on compute_indices)."""
+    from kelpseg.io.tiles import raw_to_float
+    from kelpseg.prep.band_stats import update_with_batch
+
+    raw = np.stack([make_tile(s) for s in (3, 4, 5)])
+    names = tuple(INDEX_REGISTRY)
+    job = _Job((), names, fill_value, *masking)
+    fill = math.nan if fill_value == "nan" else 0.0
+    x = raw_to_float(raw, fill)
+    fast = new_state(names)
+    update_with_batch(fast, x, job, raw=raw)
+    generic = new_state(names)
+    for b in range(len(BANDS)):
+        generic.update_channel(b, x[:, b])
+    idx = compute_indices(
+        x, band_positions(BANDS), names, mask_using_qa=masking[0], mask_using_water_mask=masking[1], fill=fill
+    )
+    for j in range(len(names)):
+        generic.update_channel(len(BANDS) + j, idx[:, j])
+    for key in ("count", "vmin", "vmax", "mean", "m2"):
+        np.testing.assert_array_equal(getattr(fast, key), getattr(generic, key), err_msg=key)
+    for c, (a, b) in enumerate(zip(fast.hist, generic.hist, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=fast.names[c])
+    assert fast.count[BANDS.index("NIR")] == raw[:, 1].size - (3 * N_FILL_NIR if fill_value == "nan" else 0)
+
+
+def test_float_histogram_equals_bincount_of_float_keys() -> None:
+    from kelpseg.prep.band_stats import FLOAT_BINS, float_histogram, float_keys
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 5000),
+            rng.normal(0, 1e6, 5000),
+            [0.0, -0.0, 1e-40, -1e-40, 3.4e38, -3.4e38, 1.0, -1.0],
+        ]
+    ).astype(np.float32)
+    np.testing.assert_array_equal(
+        float_histogram(values), np.bincount(float_keys(values), minlength=FLOAT_BINS)
+    )

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from kelpseg.infer.choices import ENSEMBLE_MODES, MERGE_MODES, REFERENCE_SCORES
+from kelpseg.infer.choices import ENSEMBLE_MODES, MERGE_MODES, PREDICTION_BACKENDS, REFERENCE_SCORES
 from kelpseg.layout import RunLayout
 
 DataDir = Annotated[
@@ -66,6 +66,13 @@ ReferenceScore = Annotated[
         "or softmax of its two logits (the fix; changes predictions)."
     ),
 ]
+Backend = Annotated[
+    Literal[PREDICTION_BACKENDS],  # type: ignore[valid-type]
+    typer.Option(
+        help="How the model runs: auto (ONNX Runtime on a CPU, PyTorch on a GPU), eager, "
+        "channels_last, compile, onnx."
+    ),
+]
 Threshold = Annotated[
     float | None,
     typer.Option(min=0.0, max=1.0, help="Decision threshold (default: the run's fitted one, else 0.5)."),
@@ -97,6 +104,7 @@ INFERENCE_PARAMS: tuple[tuple[str, object, object], ...] = (
     ("batch_size", BatchSize, 8),
     ("band_stats", BandStatsFile, None),
     ("reference_score", ReferenceScore, "sigmoid"),
+    ("backend", Backend, "auto"),
 )
 
 

@@ -12,6 +12,7 @@ from kelpseg.cli.app import app, console
 from kelpseg.cli.options import (
     INFERENCE_PARAMS,
     BandStatsFile,
+    Checkpoint,
     DataDir,
     EnsembleMode,
     EnsembleThreshold,
@@ -228,6 +229,17 @@ def cv_predict_cmd(
         f"[green]submission[/] {res.tar} ({res.n_tiles} tiles, "
         f"weights {', '.join(f'{w:.3f}' for w in res.weights)}, threshold {res.threshold})"
     )
+
+
+@app.command("export")
+def export_cmd(run_dir: RunDir, checkpoint: Checkpoint = "best") -> None:
+    """Export a run's model to ONNX (<run>/export/model.onnx) for fast CPU prediction."""
+    from kelpseg.infer.engine import export_onnx
+    from kelpseg.train.run import load_run
+
+    result = export_onnx(load_run(run_dir, checkpoint))
+    diff = result.info["max_probability_difference"]
+    console.print(f"[green]wrote[/] {result.path} (max probability difference to PyTorch {diff:.1e})")
 
 
 @app.command("import-run")

@@ -169,7 +169,14 @@ def _div(a: Array | float, b: Array) -> Array:
     """``a / (b + EPS)`` as the reference, but NaN where ``|b| < EPS`` (never ±inf or a huge number)."""
     if _REFERENCE_NUMERICS.get():
         return a / (b + EPS)
-    return _where(_abs(b) < EPS, NAN, a / (b + EPS))
+    if _is_torch(a) or _is_torch(b):
+        return _where(_abs(b) < EPS, NAN, a / (b + EPS))
+    # numpy: in place, and no masked copy when (as almost everywhere) no denominator is that small
+    quotient = np.divide(a, b + EPS)
+    small = np.abs(b) < EPS
+    if small.any():
+        quotient[small] = NAN
+    return quotient
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -756,7 +763,7 @@ def _keep_mask(
 CPU_BLOCK_PIXELS = 1 << 18
 
 
-def _blocks(n: int, height: int, width: int) -> Iterator[tuple[slice, slice]]:
+def cpu_blocks(n: int, height: int, width: int) -> Iterator[tuple[slice, slice]]:
     """(image slice, row slice) pairs covering an (n, C, height, width) stack in CPU-sized blocks."""
     if height * width >= CPU_BLOCK_PIXELS:
         rows = max(1, CPU_BLOCK_PIXELS // width)
@@ -860,7 +867,7 @@ def _compute_indices(
         out = _compute_block(specs, flat, *args) if specs else flat[:, :0]
     else:
         out = _empty((n, len(specs), height, width), like=flat)
-        for images, rows in _blocks(n, height, width):
+        for images, rows in cpu_blocks(n, height, width):
             out[images, :, rows] = _compute_block(specs, flat[images, :, rows], *args)
     return out.reshape((*lead, len(specs), height, width))
 

@@ -11,3 +11,5 @@ MERGE_MODES = ("mean", "max", "min", "gmean")
 ENSEMBLE_MODES = ("soft", "vote")
 #: How a reference run's two logits become a kelp probability (:mod:`kelpseg.reference.checkpoint`).
 REFERENCE_SCORES = ("sigmoid", "softmax")
+#: How the model runs during prediction (:mod:`kelpseg.infer.engine`).
+PREDICTION_BACKENDS = ("auto", "eager", "channels_last", "compile", "onnx")

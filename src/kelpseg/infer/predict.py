@@ -41,6 +41,7 @@ from kelpseg.errors import KelpsegError, TileError
 from kelpseg.evaluate.evaluate import binarize, format_ids
 from kelpseg.evaluate.metrics import ConfusionCounts
 from kelpseg.evaluate.threshold import DEFAULT_GRID, ThresholdAccumulator, ThresholdResult
+from kelpseg.infer.engine import build_runner, resolve_backend
 from kelpseg.infer.tta import predict_with_tta, resolve_transforms
 from kelpseg.io.atomic import ensure_writable, write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
@@ -139,6 +140,8 @@ class InferenceOptions:
     tta_transforms: str | Sequence[str] = "d4"
     bf16: bool = False
     land_mask: bool = False
+    #: how the model runs (:mod:`kelpseg.infer.engine`): auto, eager, channels_last, compile, onnx
+    backend: str = "auto"
     batch_size: int = 8
     num_workers: int = 2
     device: str | torch.device | None = None
@@ -160,6 +163,7 @@ class InferenceOptions:
             "tta_transforms": list(resolve_transforms(self.tta_transforms)) if self.tta else None,
             "bf16": self.bf16,
             "land_mask": self.land_mask,
+            "backend": self.backend,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "band_stats": None if self.band_stats is None else str(self.band_stats),
@@ -208,7 +212,8 @@ def iter_probabilities(
     if options.batch_size < 1:
         raise KelpsegError(f"batch_size must be >= 1, got {options.batch_size}")
     device = resolve_device(options.device)
-    model, transform = run.model.to(device).eval(), run.transform.to(device).eval()
+    backend = resolve_backend(options.backend, device, options.bf16)
+    model, transform = build_runner(run, backend, device), run.transform.to(device).eval()
     if options.tta:
         resolve_transforms(options.tta_transforms)
     workers = max(0, int(options.num_workers))

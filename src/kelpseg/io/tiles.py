@@ -102,6 +102,11 @@ def read_tile(
             if unknown:
                 raise ValueError(f"unknown band(s) {unknown}")
         raw = _read_all(path, src, indexes)
+    return raw_to_float(raw, fill)
+
+
+def raw_to_float(raw: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """Raw tile values (any shape, as stored) as float32, the fill value -32768 replaced by ``fill``."""
     out = raw.astype(np.float32, copy=False)
     missing = raw == FILL_VALUE
     if missing.any():

@@ -71,12 +71,20 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from kelpseg.bands import BANDS, band_positions
+from kelpseg.bands import BANDS, FILL_VALUE, band_positions
 from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
-from kelpseg.features.indices import INDEX_REGISTRY, compute_indices, get_index, validate_index_names
+from kelpseg.features.indices import (
+    INDEX_REGISTRY,
+    compute_indices,
+    cpu_blocks,
+    get_index,
+    qa_ok_mask,
+    validate_index_names,
+    water_mask,
+)
 from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
-from kelpseg.io.tiles import read_tile
+from kelpseg.io.tiles import raw_to_float, read_raw_tile
 from kelpseg.layout import FILL_VALUE_NAMES, DataLayout
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
@@ -138,6 +146,40 @@ def float_keys(values: np.ndarray) -> np.ndarray:
     return ordered.astype(np.intp)
 
 
+def _raw_bin_order() -> np.ndarray:
+    """``order[r]``: the float-histogram bin of the values whose float32 bit pattern has top bits ``r``.
+
+    Counting pixels by their raw top bits (one shift) and moving the counts to their bins once per
+    histogram gives exactly the histogram of :func:`float_keys`, without its per-pixel passes:
+    positive patterns map to ``r + 2**17``, negative ones (sign bit set) to ``2**18 - 1 - r``.
+    """
+    raw = np.arange(FLOAT_BINS, dtype=np.int64)
+    half = FLOAT_BINS // 2
+    return np.where(raw < half, raw + half, FLOAT_BINS - 1 - raw)
+
+
+_RAW_BIN_ORDER = _raw_bin_order()
+
+
+def raw_float_counts(values: np.ndarray) -> np.ndarray:
+    """Counts of finite float32 ``values`` per top-bits pattern, in raw order (see _raw_bin_order)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return np.bincount((bits >> np.uint32(FLOAT_SHIFT)).astype(np.intp), minlength=FLOAT_BINS)
+
+
+def ordered_float_counts(raw_counts: np.ndarray) -> np.ndarray:
+    """Raw-order counts moved to the float-histogram bins (the order of the values)."""
+    out = np.empty_like(raw_counts)
+    out[_RAW_BIN_ORDER] = raw_counts
+    return out
+
+
+def float_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts per float-histogram bin (FLOAT_BINS) of finite float32 ``values``; equals
+    ``np.bincount(float_keys(values), minlength=FLOAT_BINS)``."""
+    return ordered_float_counts(raw_float_counts(values))
+
+
 def _ordered_to_float(ordered: np.ndarray) -> np.ndarray:
     ordered = ordered.astype(np.uint32)
     u = np.where(ordered >= _SIGN, ordered & ~_SIGN, ~ordered)
@@ -197,7 +239,9 @@ def _integer_counts(vals: np.ndarray, vmin: float, vmax: float) -> tuple[np.ndar
 class StatsState:
     """Mergeable running statistics of some channels (see the module docstring).
 
-    ``integer[c]`` selects the exact integer histogram (bands) instead of the float one.
+    ``integer[c]`` selects the exact integer histogram (bands) instead of the float one. Float
+    histograms are kept in raw bit-pattern order (one shift per pixel to count) and put in value
+    order by :meth:`histogram`.
     """
 
     names: tuple[str, ...]
@@ -231,7 +275,10 @@ class StatsState:
 
     def update_channel(self, c: int, values: np.ndarray) -> None:
         """Add the pixels of channel ``c`` (any shape, float32); non-finite ones are skipped."""
-        vals = _finite_values(values)
+        self.update_values(c, _finite_values(values))
+
+    def update_values(self, c: int, vals: np.ndarray) -> None:
+        """Add the pixels ``vals`` of channel ``c`` (1-D float32, every value finite)."""
         if vals.size == 0:
             return
         vmin, vmax = float(vals.min()), float(vals.max())
@@ -243,11 +290,21 @@ class StatsState:
             # cost O(bins) instead of O(pixels)
             n_b, mean_b, m2_b = _moments_from_counts(counts) if exact else _moments(vals)
         else:
-            self.hist[c] += np.bincount(float_keys(vals), minlength=FLOAT_BINS)
+            self.hist[c] += raw_float_counts(vals)
             n_b, mean_b, m2_b = _moments(vals)
         self._merge_moments(c, n_b, mean_b, m2_b)
         self.vmin[c] = min(self.vmin[c], vmin)
         self.vmax[c] = max(self.vmax[c], vmax)
+
+    def update_integer_counts(self, c: int, counts: np.ndarray) -> None:
+        """Add the pixels of integer channel ``c`` given as their histogram (INT_BINS counts)."""
+        nz = np.flatnonzero(counts)
+        if nz.size == 0:
+            return
+        self.hist[c] += counts
+        self._merge_moments(c, *_moments_from_counts(counts))
+        self.vmin[c] = min(self.vmin[c], float(nz[0] + INT_LOW))
+        self.vmax[c] = max(self.vmax[c], float(nz[-1] + INT_LOW))
 
     def merge(self, other: StatsState) -> StatsState:
         """Add ``other`` (same channels) into this state and return it."""
@@ -282,10 +339,14 @@ class StatsState:
         return state
 
     # ---- results ------------------------------------------------------------------------------
+    def histogram(self, c: int) -> np.ndarray:
+        """Counts per bin of channel ``c`` in the order of the values (integer or float bins)."""
+        return self.hist[c] if self.integer[c] else ordered_float_counts(self.hist[c])
+
     def quantiles(self, c: int) -> dict[str, float]:
         """Estimated ``np.quantile(..., method='linear')`` of channel ``c`` at :data:`QUANTILES`."""
         n = int(self.count[c])
-        cum = np.cumsum(self.hist[c])
+        cum = np.cumsum(self.histogram(c))
         probs = np.asarray(list(QUANTILES.values()))
         pos = (n - 1) * probs
         lo_rank = np.floor(pos).astype(np.int64)
@@ -362,25 +423,99 @@ def new_state(indices: Sequence[str]) -> StatsState:
     return StatsState(channel_names(indices), (True,) * len(BANDS) + (False,) * len(indices))
 
 
-def update_with_batch(state: StatsState, x: np.ndarray, job: _Job) -> None:
-    """Add a batch of tiles ``x`` (N, 7, H, W) float32 (fill already applied) to ``state``."""
-    positions = band_positions(BANDS)
-    for b in range(len(BANDS)):
-        state.update_channel(b, x[:, b])
-    fill = FILL_VALUES[job.fill_value]
+def update_with_batch(state: StatsState, x: np.ndarray, job: _Job, raw: np.ndarray | None = None) -> None:
+    """Add a batch of tiles ``x`` (N, 7, H, W) float32 (fill already applied) to ``state``.
+
+    ``raw``: the same tiles as stored; when they are integers the band histograms are counted on
+    them directly (no float pass), with the same result.
+    """
+    # 8- and 16-bit integers lie inside the integer histogram's range by construction
+    if raw is not None and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.shape == x.shape:
+        _update_bands_from_integers(state, raw, job.fill_value)
+    else:
+        for b in range(len(BANDS)):
+            state.update_channel(b, x[:, b])
     for start in range(0, len(job.indices), INDEX_CHUNK):
         names = job.indices[start : start + INDEX_CHUNK]
+        if job.fill_value == "nan":
+            parts = _counted_index_values(x, names, job.mask_using_qa, job.mask_using_water_mask)
+            for j, values in enumerate(parts):
+                state.update_values(len(BANDS) + start + j, values)
+            continue
         idx = compute_indices(
             x,
-            positions,
+            band_positions(BANDS),
             names,
             mask_using_qa=job.mask_using_qa,
             mask_using_water_mask=job.mask_using_water_mask,
-            fill=fill,
+            fill=FILL_VALUES[job.fill_value],
         )
         for j in range(len(names)):
             state.update_channel(len(BANDS) + start + j, idx[:, j])
     state.n_tiles += x.shape[0]
+
+
+def _integer_band_counts(values: np.ndarray) -> np.ndarray:
+    """INT_BINS counts of 8/16-bit integer ``values`` (bin of v: v - INT_LOW)."""
+    counts = np.zeros(INT_BINS, np.int64)
+    if values.dtype == np.int16:  # count the bit patterns as uint16, then put negatives first
+        patterns = np.bincount(values.reshape(-1).view(np.uint16), minlength=1 << 16)
+        counts[-INT_LOW : -INT_LOW + (1 << 15)] = patterns[: 1 << 15]
+        counts[: 1 << 15] = patterns[1 << 15 :]
+    elif values.dtype == np.uint16:
+        counts[-INT_LOW:] = np.bincount(values.reshape(-1), minlength=1 << 16)
+    else:
+        keys = values.astype(np.intp).reshape(-1)
+        keys -= INT_LOW
+        counts += np.bincount(keys, minlength=INT_BINS)
+    return counts
+
+
+def _update_bands_from_integers(state: StatsState, raw: np.ndarray, fill_value: str) -> None:
+    """Band histograms straight from raw integer DN (N, 7, H, W): the fill -32768 is bin 0."""
+    fill_bin = 0 - INT_LOW if fill_value == "0" else None  # "nan": missing pixels do not count
+    for b in range(len(BANDS)):
+        counts = _integer_band_counts(raw[:, b])
+        missing = int(counts[FILL_VALUE - INT_LOW])
+        counts[FILL_VALUE - INT_LOW] = 0
+        if fill_bin is not None:
+            counts[fill_bin] += missing
+        state.update_integer_counts(b, counts)
+
+
+def _counted_index_values(
+    x: np.ndarray, names: Sequence[str], mask_using_qa: bool, mask_using_water_mask: bool
+) -> list[np.ndarray]:
+    """The pixels that count for each index with NaN fill, as 1-D arrays in the batch's C order.
+
+    The same values, in the same order, as the finite entries of
+    ``compute_indices(x, ..., fill=nan)[:, j]`` (so the statistics are bit-identical), with less
+    work: per cache-sized block the bands are gathered once at the kept (unmasked) pixels and the
+    maskable formulas run on those pixels only (they are element-wise); no masked, filled stack is
+    made, and a result without a non-finite value is taken as it is.
+    """
+    positions = band_positions(BANDS)
+    specs = [get_index(n) for n in names]
+    masked_needs = sorted({b for s in specs if s.maskable for b in s.needs})
+    n, _, height, width = x.shape
+    parts: list[list[np.ndarray]] = [[] for _ in specs]
+    with np.errstate(all="ignore"):
+        for images, rows in cpu_blocks(n, height, width):
+            block = x[images, :, rows]
+            full = {b: block[:, positions[b]] for b in BANDS}
+            keep = None
+            if mask_using_qa:
+                keep = qa_ok_mask(block, positions)
+            if mask_using_water_mask:
+                water = water_mask(block, positions)
+                keep = water if keep is None else keep & water
+            kept = full if keep is None else {b: full[b][keep] for b in masked_needs}
+            for j, spec in enumerate(specs):
+                bands = kept if spec.maskable else full
+                value = np.asarray(spec.func(**{b: bands[b] for b in spec.needs}), dtype=np.float32)
+                finite = np.isfinite(value)
+                parts[j].append(value.ravel() if finite.all() else value[finite])
+    return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
 
 def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> StatsState:
@@ -389,8 +524,8 @@ def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> S
     fill = FILL_VALUES[job.fill_value]
     for start in range(0, len(job.paths), job.batch_size):
         chunk = job.paths[start : start + job.batch_size]
-        x = np.stack([read_tile(p, fill=fill) for p in chunk])
-        update_with_batch(state, x, job)
+        raw = np.stack([read_raw_tile(p) for p in chunk])
+        update_with_batch(state, raw_to_float(raw, fill), job, raw=raw)
         if on_progress is not None:
             on_progress(len(chunk))
     return state

@@ -75,6 +75,8 @@ class KelpSegmentationModule(pl.LightningModule):
             {"config": self.config.to_dict(), "band_stats": stats, "in_channels": channels}, logger=False
         )
         self.model = model_from_config(self.config, channels)
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = create_loss(self.config.loss, **loss_options(self.config.to_dict()))
         self.val_metric = KelpDiceMetric(threshold=self.config.decision_threshold)
         self._generator: torch.Generator | None = None
@@ -85,12 +87,16 @@ class KelpSegmentationModule(pl.LightningModule):
     # ---- inference ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised, padded input (N, C, S, S) -> kelp logits (N, 1, S, S)."""
-        return self.model(x)
+        return self.model(self._layout(x))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The model input in the model's memory layout (channels-last when configured)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     @torch.no_grad()
     def predict_tiles(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw tiles (N, 7, 350, 350) -> kelp probabilities (N, 350, 350)."""
-        logits = self.model(self.transform(raw))
+        logits = self(self.transform(raw))
         return torch.sigmoid(self.transform.unpad(logits).float())[:, 0]
 
     # ---- training -------------------------------------------------------------------------------
@@ -134,7 +140,7 @@ class KelpSegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         x, mask = self._prepare_train_batch(batch)
-        logits = self.model(x)
+        logits = self(x)
         loss = self.loss_fn(logits, mask)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -159,7 +165,7 @@ class KelpSegmentationModule(pl.LightningModule):
     # ---- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         mask = batch["mask"]
-        logits = self.transform.unpad(self.model(self.transform(batch["image"])))
+        logits = self.transform.unpad(self(self.transform(batch["image"])))
         loss = self.loss_fn(logits.float(), mask)
         self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=mask.shape[0])
         self.val_metric.update(torch.sigmoid(logits.float()), mask)

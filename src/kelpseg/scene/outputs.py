@@ -361,15 +361,10 @@ def _mean_probability(prob: Any, geom: Any) -> float:
 
 
 # ---- summary -----------------------------------------------------------------------------------
+#: The scene's own facts (from its MTL) that open every summary row.
+SCENE_FACTS = ("scene_id", "spacecraft", "sensor", "wrs_path", "wrs_row", "date", "time", "cloud_cover")
 SUMMARY_COLUMNS = (
-    "scene_id",
-    "spacecraft",
-    "sensor",
-    "wrs_path",
-    "wrs_row",
-    "date",
-    "time",
-    "cloud_cover",
+    *SCENE_FACTS,
     "aoi",
     "kelp_ha",
     "kelp_ha_polygons",
@@ -391,19 +386,7 @@ def summary_row(meta: dict[str, Any], aoi: str, counts: AreaCounts, extra: dict[
     region = ha["region_ha"]
     unobserved = (ha["cloud_ha"] + ha["fill_ha"]) / region if region > 0 else float("nan")
     return {
-        **{
-            k: meta.get(k)
-            for k in (
-                "scene_id",
-                "spacecraft",
-                "sensor",
-                "wrs_path",
-                "wrs_row",
-                "date",
-                "time",
-                "cloud_cover",
-            )
-        },
+        **{k: meta.get(k) for k in SCENE_FACTS},
         "aoi": aoi,
         "kelp_ha": ha["kelp_ha"],
         "kelp_ha_polygons": extra.get("kelp_ha_polygons"),

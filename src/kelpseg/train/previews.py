@@ -99,18 +99,11 @@ def preview_figure(
     return fig
 
 
-def write_preview(
-    path: Path,
-    raw: np.ndarray,
-    masks: np.ndarray,
-    probs: np.ndarray,
-    tile_ids: Sequence[str],
-    threshold: float,
-    title: str,
-) -> Path:
+def write_preview(path: Path, *figure_args: Any) -> Path:
+    """Save :func:`preview_figure` of ``figure_args`` (same order) as a PNG at ``path``."""
     from matplotlib import pyplot as plt
 
-    fig = preview_figure(raw, masks, probs, tile_ids, threshold, title)
+    fig = preview_figure(*figure_args)
     try:
         save_figure(path, fig, dpi=72)
     finally:

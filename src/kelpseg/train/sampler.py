@@ -153,19 +153,16 @@ def sampler_weights(
 
 
 def sampler_weights_by_tile(
-    frame: pd.DataFrame,
-    factors: SamplerFactors | Mapping[str, float] | Any,
-    *,
-    split_column: str | None = None,
-    floor: float = DEFAULT_FLOOR,
+    frame: pd.DataFrame, factors: SamplerFactors | Mapping[str, float] | Any, **options: Any
 ) -> pd.Series:
-    """``sampler_weights`` as a Series indexed by ``tile_id`` (look tiles up with ``.loc[ids]``)."""
+    """``sampler_weights`` (same ``split_column`` / ``floor`` options) as a Series indexed by
+    ``tile_id`` (look tiles up with ``.loc[ids]``)."""
     if "tile_id" not in frame.columns:
         raise SamplerError("the tile table has no 'tile_id' column")
     if frame["tile_id"].duplicated().any():
         dupes = frame.loc[frame["tile_id"].duplicated(), "tile_id"].head(5).tolist()
         raise SamplerError(f"the tile table lists tile ids more than once, e.g. {dupes}")
-    weights = sampler_weights(frame, factors, split_column=split_column, floor=floor)
+    weights = sampler_weights(frame, factors, **options)
     return pd.Series(weights, index=pd.Index(frame["tile_id"].to_numpy(), name="tile_id"), name="weight")
 
 

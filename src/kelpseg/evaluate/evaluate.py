@@ -68,6 +68,19 @@ def prediction_files(folder: str | Path, what: str = "predictions") -> dict[str,
     return files
 
 
+def paired_files(
+    gt_dir: str | Path, other_dir: str | Path, what: str
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Ground-truth masks of ``gt_dir`` and the ``what`` files (predictions, probabilities) of
+    ``other_dir`` by tile id; both folders must hold the same tile ids."""
+    truth = prediction_files(gt_dir, "ground-truth")
+    other = prediction_files(other_dir, what)
+    if not truth:
+        raise KelpsegError(f"{gt_dir}: no *{MASK_SUFFIX} ground-truth masks found")
+    check_same_ids(truth, other, str(other_dir), f"{what} files")
+    return truth, other
+
+
 def check_same_ids(expected: Iterable[str], got: Iterable[str], where: str, what: str) -> None:
     """Raise KelpsegError naming missing and extra tile ids when the two sets differ."""
     expected, got = set(expected), set(got)
@@ -251,11 +264,7 @@ def evaluate_folders(
     The two folders must hold the same tile ids; otherwise a KelpsegError lists the missing
     and extra ids (the first 10 of each and their counts).
     """
-    truth = prediction_files(gt_dir, "ground-truth")
-    preds = prediction_files(preds_dir, "predictions")
-    if not truth:
-        raise KelpsegError(f"{gt_dir}: no *{MASK_SUFFIX} ground-truth masks found")
-    check_same_ids(truth, preds, str(preds_dir), "prediction files")
+    truth, preds = paired_files(gt_dir, preds_dir, "prediction")
     ids = sorted(truth)
     pairs = [(truth[t], preds[t]) for t in ids]
     counts = pmap(lambda p: _tile_counts(p, threshold), pairs, workers, progress, "evaluate", threads=True)

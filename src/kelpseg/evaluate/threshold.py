@@ -28,11 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kelpseg.errors import KelpsegError
-from kelpseg.evaluate.evaluate import (
-    check_same_ids,
-    prediction_files,
-    read_prediction,
-)
+from kelpseg.evaluate.evaluate import paired_files, read_prediction
 from kelpseg.evaluate.metrics import scores_from_counts
 from kelpseg.io.tiles import read_mask
 from kelpseg.parallel import pmap
@@ -164,11 +160,7 @@ def search_threshold_folders(
     Use it on out-of-fold probabilities (for instance an ensemble written with
     ``write_probabilities=True``) to fit the threshold of the final ensemble honestly.
     """
-    truth = prediction_files(gt_dir, "ground-truth")
-    probs = prediction_files(probs_dir, "probabilities")
-    if not truth:
-        raise KelpsegError(f"{gt_dir}: no ground-truth masks found")
-    check_same_ids(truth, probs, str(probs_dir), "probability files")
+    truth, probs = paired_files(gt_dir, probs_dir, "probability")
     grid_arr = _check_grid(grid)
 
     def tile(tid: str) -> ThresholdAccumulator:

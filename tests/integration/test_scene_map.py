@@ -31,7 +31,9 @@ from kelpseg.scene.timeseries import map_series
 from kelpseg.scene.windows import window_grid
 
 pytestmark = pytest.mark.slow
-FIXTURES = Path("/work/shared/data/landsat-c2l2")
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "data" / "landsat-c2l2"
+if not FIXTURES.is_dir():
+    FIXTURES = Path("/work/shared/data/landsat-c2l2")
 L8 = "LC08_L2SP_008059_20191201_20200825_02_T1"
 FAST = InferenceOptions(num_workers=0, progress=False, batch_size=4)
 

@@ -35,9 +35,9 @@ def test_disk_full_while_writing_keeps_the_old_file_and_no_temp(tmp_path: Path) 
 
 def test_empty_write_is_rejected_and_not_renamed(tmp_path: Path) -> None:
     target = tmp_path / "empty.txt"
-    with pytest.raises(WriteError, match=r"empty\.txt: the write did not complete \(0 bytes written\)"):
-        with atomic_path(target):
-            pass  # the writer produced nothing (e.g. died on a full disk before its first block)
+    expected = r"empty\.txt: the write did not complete \(0 bytes written\)"
+    with pytest.raises(WriteError, match=expected), atomic_path(target):
+        pass  # the writer produced nothing (e.g. died on a full disk before its first block)
     assert _leftovers(tmp_path) == []
 
 

@@ -224,7 +224,9 @@ def test_load_run_rebuilds_a_working_model(layout: DataLayout, tmp_path: Path) -
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(RunDirError, match=r"not a training run directory \(no config\.yaml\)"):
+    with pytest.raises(
+        RunDirError, match=r"empty: not a run directory: expected config\.yaml \(kelpseg run\)"
+    ):
         load_run(empty)
     (run_dir / "checkpoints" / "best.ckpt").unlink()
     with pytest.raises(RunDirError, match=r"best\.ckpt: checkpoint not found"):

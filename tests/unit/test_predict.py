@@ -98,7 +98,7 @@ def write_tiles(folder: Path, ids: list[str]) -> dict[str, np.ndarray]:
 def patched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    monkeypatch.setattr(predict, "_load_run", lambda d, c: fake_run(Path(d), tmp_path / "data"))
+    monkeypatch.setattr(predict, "load_inference_run", lambda d, c: fake_run(Path(d), tmp_path / "data"))
     return run_dir
 
 

@@ -288,7 +288,9 @@ def resolve_threshold(run_dir: Path, config: Any, threshold: float | None) -> tu
     return value, source
 
 
-def _load_run(run_dir: Path, options: InferenceOptions) -> Any:
+def load_inference_run(run_dir: Path, options: InferenceOptions) -> Any:
+    """``load_run`` with what the inference options say about the run (checkpoint, and the band
+    stats / data dir a reference run needs); shared by tile and scene prediction."""
     from kelpseg.train.run import load_run
 
     return load_run(
@@ -359,7 +361,7 @@ def predict_folder(
     paths = resolve_inputs(inputs)
     validate_inputs(paths, progress=False)
     ensure_writable(output_dir)  # before the model loads and a batch runs
-    run = _load_run(run_dir, options)
+    run = load_inference_run(run_dir, options)
     value, source = (None, None) if soft else resolve_threshold(run_dir, run.config, threshold)
     ids = predict_with_run(run, paths, output_dir, soft, value, options)
     seconds = time.perf_counter() - started
@@ -445,7 +447,7 @@ def evaluate_run(
     options = options or InferenceOptions()
     if layout is not None and options.data_dir is None:  # a reference run finds its stats there
         options = dataclasses.replace(options, data_dir=layout.root)
-    run = _load_run(run_dir, options)
+    run = load_inference_run(run_dir, options)
     layout = layout or DataLayout(Path(run.config.data_dir))
     ids = validation_tiles(run_dir, run.config, layout)
     images, masks = _val_paths(ids, layout)

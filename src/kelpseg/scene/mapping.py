@@ -110,12 +110,12 @@ def load_members(
     run_dirs: Sequence[str | Path], options: SceneOptions
 ) -> tuple[list[Any], list[float], float, str]:
     """Loaded runs, their weights, and the threshold with its source (as predict / cv-predict)."""
-    from kelpseg.infer.predict import _load_run, resolve_threshold
+    from kelpseg.infer.predict import load_inference_run, resolve_threshold
     from kelpseg.infer.workflows import resolve_ensemble
 
     if not run_dirs:
         raise KelpsegError("mapping a scene needs at least one run dir")
-    runs = [_load_run(Path(r), options.inference) for r in run_dirs]
+    runs = [load_inference_run(Path(r), options.inference) for r in run_dirs]
     if len(runs) == 1 and options.weights is None:
         value, source = resolve_threshold(Path(run_dirs[0]), runs[0].config, options.threshold)
         return runs, [1.0], value, source

@@ -20,8 +20,10 @@ from kelpseg.prep.eda import (
     STATS_COLUMNS,
     _overview,
     _plain,
+    _plot_split_balance,
     compute_tile_stats,
     gallery_tiles,
+    plain_desc_stats,
     render_html,
     run_eda,
     tile_stats,
@@ -243,6 +245,7 @@ def _stats_frame() -> pd.DataFrame:
             "qa_ok": [True, False, False, True, False, False],
             "dem_has_nans": [False] * 6,
             "almost_all_water": [False] * 6,
+            "high_corrupted_pixels_pct": [False] * 6,
         }
     )
 
@@ -255,6 +258,39 @@ def test_gallery_picks_most_median_none_and_cloudiest() -> None:
         "cloudiest": "T3",  # test tiles are not candidates
     }
     assert gallery_tiles(_stats_frame().query("split == 'test'")) == {}
+
+
+def test_gallery_skips_tiles_the_split_drops_as_mislabelled() -> None:
+    stats = _stats_frame()
+    stats.loc[stats["tile_id"] == "T1", "high_kelp_pixels_pct"] = True  # 1000 px, over the threshold
+    chosen = gallery_tiles(stats)
+    assert chosen["most kelp"] == "T4"
+    assert chosen["median kelp"] in {"T2", "T4"} and chosen["median kelp"] != "T1"
+
+
+def test_descriptive_table_has_plain_names_and_percent() -> None:
+    desc = pd.DataFrame(
+        {
+            "column": ["kelp_pixels", "kelp_pixels_pct", "some_new_stat"],
+            "count": [5.0, 5.0, 5.0],
+            "mean": [262.0, 0.0021, 3.0],
+            "max": [1000.0, 0.0082, 4.0],
+        }
+    )
+    out = plain_desc_stats(desc)
+    assert out["per tile"].tolist() == ["kelp (px)", "kelp share (%)", "some new stat"]
+    assert out["tiles"].tolist() == [5, 5, 5]
+    assert out.loc[1, "mean"] == pytest.approx(0.21) and out.loc[1, "max"] == pytest.approx(0.82)
+    assert out.loc[0, "mean"] == 262.0  # counts untouched
+
+
+def test_split_balance_flags_are_plain_labels() -> None:
+    fig = _plot_split_balance(_stats_frame())
+    labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    assert labels == ["some QA-flagged pixels", "over 40% QA-flagged", "some DEM nodata", "over 98% water"]
+    # 3 of the 5 train tiles have QA-flagged pixels (qa_ok False): the first train bar is 60 %.
+    heights = [round(b.get_height(), 1) for b in fig.axes[1].patches]
+    assert heights[0] == 60.0
 
 
 def test_overview_gives_hectares_and_percent() -> None:

@@ -344,6 +344,22 @@ def _plot_share_by_split(stats: pd.DataFrame, column: str, what: str) -> object:
     return fig
 
 
+#: Tile flags of the split-balance plot and their plain labels; a leading ``~`` counts the tiles
+#: where the column is False (``qa_ok`` False = some pixels flagged by the QA band).
+_FLAG_LABELS = {
+    "~qa_ok": "some QA-flagged pixels",
+    "high_corrupted_pixels_pct": f"over {HIGH_CORRUPTED_PCT:.0%} QA-flagged",
+    "dem_has_nans": "some DEM nodata",
+    "almost_all_water": f"over {ALMOST_ALL_WATER_PCT:.0%} water",
+}
+
+
+def _flag(group: pd.DataFrame, spec: str) -> pd.Series:
+    """The boolean flag ``spec`` of :data:`_FLAG_LABELS` per tile."""
+    values = group[spec.lstrip("~")].astype("boolean").fillna(False).astype(bool)
+    return ~values if spec.startswith("~") else values
+
+
 def _plot_split_balance(stats: pd.DataFrame) -> object:
     fig, axes = _fig(3, width=5.0)
     splits = ["train", "test"]
@@ -354,16 +370,16 @@ def _plot_split_balance(stats: pd.DataFrame) -> object:
     axes[0].set_ylabel("tiles")
     axes[0].set_title("Tiles per split")
 
-    flags = ["qa_ok", "dem_has_nans", "almost_all_water", "high_corrupted_pixels_pct"]
     width = 0.38
-    x = np.arange(len(flags))
+    x = np.arange(len(_FLAG_LABELS))
     for j, split in enumerate(splits):
         group = stats[stats["split"] == split]
-        share = [group[f].astype(bool).mean() if len(group) else 0.0 for f in flags]
-        axes[1].bar(x + (j - 0.5) * width, share, width, label=split, color=_SPLIT_COLOURS[split])
-    axes[1].set_xticks(x, flags, rotation=20, ha="right")
-    axes[1].set_ylim(0, 1)
-    axes[1].set_ylabel("share of the split's tiles")
+        share = [100 * _flag(group, f).mean() if len(group) else 0.0 for f in _FLAG_LABELS]
+        bars = axes[1].bar(x + (j - 0.5) * width, share, width, label=split, color=_SPLIT_COLOURS[split])
+        axes[1].bar_label(bars, fmt="%.0f", fontsize=8)
+    axes[1].set_xticks(x, list(_FLAG_LABELS.values()), rotation=20, ha="right")
+    axes[1].set_ylim(0, 110)
+    axes[1].set_ylabel("share of the split's tiles (%)")
     axes[1].set_title("Tile flags by split")
     axes[1].legend()
 
@@ -488,15 +504,18 @@ figure { margin: 1.5em 0; } img { max-width: 100%; } figcaption { color: #555; m
 def gallery_tiles(stats: pd.DataFrame) -> dict[str, str]:
     """Training tiles worth looking at: the most kelp, a median kelp tile, one without kelp, the cloudiest.
 
-    "median": the tile whose kelp area is the median of the tiles with kelp; "no kelp": the
-    clearest tile without kelp. A label is left out when no tile fits it; ties go to the smallest id.
+    "most kelp" and "median": among the tiles with kelp that the split keeps (tiles over the
+    high-kelp threshold are mislabelled and dropped, so they would show a label error, not a kelp
+    forest); "no kelp": the clearest tile without kelp. A label is left out when no tile fits it;
+    ties go to the smallest id.
     """
     train = stats[stats["split"] == "train"].sort_values("tile_id")
     if train.empty:
         return {}
     kelp = train["kelp_pixels"].astype(float)
+    dropped = train["high_kelp_pixels_pct"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     out: dict[str, str] = {}
-    with_kelp = train[kelp > 0]
+    with_kelp = train[(kelp > 0).to_numpy() & ~dropped]
     if not with_kelp.empty:
         k = with_kelp["kelp_pixels"].astype(float)
         out["most kelp"] = str(with_kelp.loc[k.idxmax(), "tile_id"])
@@ -600,6 +619,34 @@ _LABELS = {
 }
 
 
+#: Plain names of the per-tile statistics in the descriptive table (shares become %).
+_STAT_LABELS = {
+    "kelp_pixels": "kelp (px)",
+    "non_kelp_pixels": "not kelp (px)",
+    "kelp_pixels_pct": "kelp share (%)",
+    "dem_nan_pixels": "DEM nodata (px)",
+    "dem_nan_pixels_pct": "DEM nodata share (%)",
+    "dem_zero_pixels": "DEM at sea level (px)",
+    "dem_zero_pixels_pct": "DEM at sea level share (%)",
+    "water_pixels": "water (px)",
+    "water_pixels_pct": "water share (%)",
+    "qa_corrupted_pixels": "QA-flagged (px)",
+    "qa_corrupted_pixels_pct": "QA-flagged share (%)",
+}
+
+
+def plain_desc_stats(desc: pd.DataFrame) -> pd.DataFrame:
+    """The descriptive statistics with plain row names, shares in % and whole-number counts."""
+    out = desc.copy()
+    numeric = [c for c in out.columns if c not in ("column", "count")]
+    share = out["column"].str.endswith("_pct")
+    out.loc[share, numeric] = out.loc[share, numeric] * 100
+    out["column"] = out["column"].map(_STAT_LABELS).fillna(out["column"].str.replace("_", " "))
+    if "count" in out.columns:
+        out["count"] = out["count"].astype(int)
+    return out.rename(columns={"column": "per tile", "count": "tiles"})
+
+
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in ("qa_ok", "has_kelp"):
@@ -661,8 +708,9 @@ def render_html(
     desc = tables["desc_stats"]
     parts += [
         "<h2>Descriptive statistics</h2><p>All tiles; mask fields over training tiles only. "
-        "desc_stats.parquet also holds them per split.</p>",
-        _table_html(desc[desc["split"] == "all"].drop(columns="split")),
+        "Counts in pixels (1 px = 0.09 ha), shares in % of the tile. desc_stats.parquet holds "
+        "them per split too, under the column names.</p>",
+        _table_html(plain_desc_stats(desc[desc["split"] == "all"].drop(columns="split"))),
     ]
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -18,6 +18,7 @@ from kelpseg.layout import DataLayout
 from kelpseg.prep.eda import (
     PLOTS,
     STATS_COLUMNS,
+    _integer_counts,
     _overview,
     _plain,
     _plot_split_balance,
@@ -319,3 +320,17 @@ def test_synthetic_data_is_announced(eda) -> None:
         stats, {k: pd.read_parquet(v) for k, v in result.tables.items()}, {}, [], synthetic=True
     )
     assert "Synthetic data." in page and "kelpseg synth" in page
+
+
+def test_integer_ticks_on_counts_but_not_on_shares() -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    counts, shares = fig.subplots(1, 2)
+    counts.set_ylabel("train tiles")
+    shares.set_ylabel("share of the split's tiles")
+    shares.plot([0, 1], [0.0, 0.6])
+    _integer_counts(fig)
+    assert counts.yaxis.get_major_locator()._integer
+    assert not shares.yaxis.get_major_locator()._integer
+    assert len([t for t in shares.get_yticks() if 0 <= t <= 0.6]) > 2  # not just 0 and 1

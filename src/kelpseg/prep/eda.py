@@ -379,6 +379,7 @@ def _plot_split_balance(stats: pd.DataFrame) -> object:
         axes[1].bar_label(bars, fmt="%.0f", fontsize=8)
     axes[1].set_xticks(x, list(_FLAG_LABELS.values()), rotation=20, ha="right")
     axes[1].set_ylim(0, 110)
+    axes[1].set_yticks([0, 25, 50, 75, 100])
     axes[1].set_ylabel("share of the split's tiles (%)")
     axes[1].set_title("Tile flags by split")
     axes[1].legend()
@@ -471,12 +472,16 @@ PLOTS = {
 
 
 def _integer_counts(fig: Any) -> None:
-    """Whole-number ticks on every axis that counts tiles or pixels (a linear one)."""
+    """Whole-number ticks on every axis that counts tiles or pixels (a linear one; not on shares,
+    whose axis would otherwise show only 0 and 1)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in fig.axes:
         for axis, label in ((ax.yaxis, ax.get_ylabel()), (ax.xaxis, ax.get_xlabel())):
-            if axis.get_scale() == "linear" and any(w in label.lower() for w in ("tiles", "count", "number")):
+            text = label.lower()
+            if "share" in text or "%" in text:
+                continue
+            if axis.get_scale() == "linear" and any(w in text for w in ("tiles", "count", "number")):
                 axis.set_major_locator(MaxNLocator(integer=True))
 
 

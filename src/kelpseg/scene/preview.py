@@ -13,8 +13,9 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from kelpseg.bands import BAND_INDEX, FILL_VALUE
+from kelpseg.bands import FILL_VALUE
 from kelpseg.io.atomic import save_figure
+from kelpseg.plotting import cloud_mask, composite
 from kelpseg.scene.c2l2 import open_scene
 from kelpseg.scene.outputs import NODATA, PROB_SCALE
 
@@ -45,10 +46,10 @@ def write_scene_preview(
     with source.open() as reader:
         px = reader.read(row, col, h, w)
     stack = px.stack[:, ::step, ::step]
-    rgb = np.stack([stack[BAND_INDEX[b]] for b in ("R", "G", "B")], -1).astype(np.float32)
+    # The same per-band 2-98 % stretch as the tile plots, with clouds left out of it (otherwise
+    # bright clouds set the range and water and land show black); outside the footprint white.
+    rgb = composite(stack, ("R", "G", "B"), exclude=cloud_mask(stack))
     valid = np.all(stack[:5] != FILL_VALUE, axis=0)
-    lo, hi = np.percentile(rgb[valid], [2, 98]) if valid.any() else (0.0, 1.0)
-    rgb = np.clip((rgb - lo) / max(hi - lo, 1.0), 0, 1)
     rgb[~valid] = 1.0
     with rasterio.open(mask) as src:
         full = src.height, src.width

@@ -25,6 +25,17 @@ def _read_small(path: str | Path, shape: tuple[int, int], nearest: bool = True) 
         return src.read(1, out_shape=shape, resampling=Resampling.nearest if nearest else Resampling.average)
 
 
+def true_colour(stack: np.ndarray) -> np.ndarray:
+    """(H, W, 3) display image of a (7, H, W) stack in the competition band order.
+
+    The same per-band 2-98 % stretch as the tile plots, with clouds left out of it (otherwise bright
+    clouds set the range and water and land show black); outside the footprint white.
+    """
+    rgb = composite(stack, ("R", "G", "B"), exclude=cloud_mask(stack))
+    rgb[np.any(stack[:5] == FILL_VALUE, axis=0)] = 1.0
+    return rgb
+
+
 def write_scene_preview(
     scene: str | Path,
     probability: str | Path,
@@ -45,12 +56,7 @@ def write_scene_preview(
     step = max(1, int(np.ceil(max(h, w) / max_px)))
     with source.open() as reader:
         px = reader.read(row, col, h, w)
-    stack = px.stack[:, ::step, ::step]
-    # The same per-band 2-98 % stretch as the tile plots, with clouds left out of it (otherwise
-    # bright clouds set the range and water and land show black); outside the footprint white.
-    rgb = composite(stack, ("R", "G", "B"), exclude=cloud_mask(stack))
-    valid = np.all(stack[:5] != FILL_VALUE, axis=0)
-    rgb[~valid] = 1.0
+    rgb = true_colour(px.stack[:, ::step, ::step])
     with rasterio.open(mask) as src:
         full = src.height, src.width
     layers = {}

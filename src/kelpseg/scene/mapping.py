@@ -11,8 +11,10 @@ valid pixel, or (with a DEM) only land, are not sent through the model (probabil
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,15 +35,23 @@ from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve
 from kelpseg.parallel import process_context
 from kelpseg.scene.c2l2 import DEFAULT_QA_BITS, SceneSource, open_scene
 from kelpseg.scene.dem import DemReader, check_dem
-from kelpseg.scene.outputs import SceneWriter, output_paths, publish, summary_row, write_summary
+from kelpseg.scene.outputs import (
+    SceneWriter,
+    gdal_errors,
+    output_paths,
+    publish,
+    summary_row,
+    write_failure,
+    write_summary,
+)
 from kelpseg.scene.stitch import CLOUD, VALID, WATER, StripAccumulator
 from kelpseg.scene.windows import WindowGrid, blend_weights, window_grid
 from kelpseg.train.transforms import pad_amounts
 
 log = logging.getLogger(__name__)
 DEM = BAND_INDEX["DEM"]
-#: GDAL block cache while mapping a scene (MB).
-GDAL_CACHE_MB = 256
+#: GDAL block cache while mapping a scene (MB): a few rows of input and output blocks.
+GDAL_CACHE_MB = 64
 
 
 @dataclass
@@ -138,6 +148,29 @@ def window_probabilities(run: Any, raw: torch.Tensor, options: InferenceOptions)
         return prob[:, 0, top : top + size, top : top + size]
     prob = model_probabilities(run.model, transform(raw), options)
     return transform.unpad(prob, size=size)[:, 0]
+
+
+def release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; nothing elsewhere).
+
+    A batch's activations are freed after every batch, but glibc keeps the freed pages of its
+    heap mapped, and batches of different sizes (windows skipped as fill or land) fragment it:
+    without trimming, RSS creeps up with the number of batches, i.e. with the scene's size.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 # ---- reading windows in workers ----------------------------------------------------------------
@@ -268,9 +301,9 @@ def map_scene(
 
     ``members`` (from :func:`load_members`) lets a series load the runs once.
     """
-    # GDAL's block cache defaults to 5 % of RAM and holds written blocks until it is full: capped,
-    # so that memory does not grow with the scene while the rasters are written and converted.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    # GDAL's block cache defaults to 5 % of RAM and holds every block read or written until it is
+    # full: capped, so that memory does not grow with the scene. rasterio takes the cap in bytes.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
         return _map_scene(scene, run_dirs, out_dir, options, members)
 
 
@@ -315,44 +348,60 @@ def _map_scene(
     }
     tags = {k: str(v) for k, v in record.items() if not isinstance(v, dict | list)}
     tags["runs"] = ",".join(record["runs"])
-    writer = SceneWriter(
-        staging, source.meta.scene_id, source.crs, region_transform, width, height, threshold, aoi_geoms, tags
-    )
-    try:
-        n_skipped = _predict_into(writer, source, runs, weights, grid, (r0, c0), options)
-        stats = writer.finish(meta, options.min_mapping_unit)
-        extra = {
-            "kelp_ha_polygons": round(stats["kelp_m2_polygons"] / 1e4, 4),
-            "n_polygons": stats["n_polygons"],
-            "threshold": threshold,
-            "runs": ";".join(record["runs"]),
-        }
-        row = summary_row(meta, "all", writer.total, extra)
-        rows = [row] + [
-            summary_row(meta, name, counts, {"threshold": threshold, "runs": extra["runs"]})
-            for name, counts in zip(aoi_names, writer.per_aoi, strict=True)
-        ]
-        seconds = time.perf_counter() - started
-        summary = {
-            **record,
-            **row,
-            "pixels": writer.total.pixels,
-            "areas_ha": writer.total.hectares(),
-            "aoi_rows": rows[1:],
-            **stats,
-            "n_windows": len(grid),
-            "n_windows_skipped": n_skipped,
-            "seconds": round(seconds, 2),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        write_summary(staging, source.meta.scene_id, summary, row)
-        paths = publish(staging, out_dir, source.meta.scene_id)
-    except BaseException:
-        writer.close()
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # On any failure nothing is published (earlier outputs stay as they were), the staging folder
+    # is removed, and a failed write becomes one line naming the output it was writing.
+    writer: SceneWriter | None = None
+    with gdal_errors() as gdal_messages:
+        try:
+            writer = SceneWriter(
+                staging,
+                source.meta.scene_id,
+                source.crs,
+                region_transform,
+                width,
+                height,
+                threshold,
+                aoi_geoms,
+                tags,
+            )
+            n_skipped = _predict_into(writer, source, runs, weights, grid, (r0, c0), options)
+            stats = writer.finish(meta, options.min_mapping_unit)
+            extra = {
+                "kelp_ha_polygons": round(stats["kelp_m2_polygons"] / 1e4, 4),
+                "n_polygons": stats["n_polygons"],
+                "threshold": threshold,
+                "runs": ";".join(record["runs"]),
+            }
+            row = summary_row(meta, "all", writer.total, extra)
+            rows = [row] + [
+                summary_row(meta, name, counts, {"threshold": threshold, "runs": extra["runs"]})
+                for name, counts in zip(aoi_names, writer.per_aoi, strict=True)
+            ]
+            seconds = time.perf_counter() - started
+            summary = {
+                **record,
+                **row,
+                "pixels": writer.total.pixels,
+                "areas_ha": writer.total.hectares(),
+                "aoi_rows": rows[1:],
+                **stats,
+                "n_windows": len(grid),
+                "n_windows_skipped": n_skipped,
+                "seconds": round(seconds, 2),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            write_summary(staging, source.meta.scene_id, summary, row)
+            paths = publish(staging, out_dir, source.meta.scene_id)
+        except BaseException as exc:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            target = output_paths(out_dir, source.meta.scene_id)[writer.writing if writer else "probability"]
+            failure = write_failure(exc, target, gdal_messages) if isinstance(exc, Exception) else None
+            if failure is not None:
+                raise failure from None
+            raise
     return SceneResult(source.meta.scene_id, paths, summary, rows, seconds, len(grid), n_skipped)
 
 
@@ -421,6 +470,7 @@ def _predict_into(
                     if row != acc.base:
                         for strip in acc.advance(row):
                             writer.write(strip)
+                        release_free_heap()
                     acc.add(row, col, probs[k], classes[k])
                 bar.update(len(skip))
         for strip in acc.finish():

@@ -23,11 +23,14 @@ inside a zone), which is why both are given.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ import rasterio.features
 import rasterio.shutil
 from rasterio.windows import Window
 
-from kelpseg.errors import KelpsegError
+from kelpseg.errors import KelpsegError, WriteError
 from kelpseg.evaluate.evaluate import binarize
 from kelpseg.io.atomic import write_json, write_text
 from kelpseg.scene.stitch import Strip
@@ -105,6 +108,69 @@ class AreaCounts:
         return {f"{k}_ha": round(v / 1e4, 4) for k, v in self.m2.items()}
 
 
+# ---- write failures ----------------------------------------------------------------------------
+#: Free space below which a failed GDAL write is taken for a full disk.
+_FULL_BYTES = 1 << 20
+#: The loggers rasterio reports GDAL's errors through.
+_GDAL_LOGGERS = ("rasterio._env", "rasterio._err")
+
+
+@contextlib.contextmanager
+def gdal_errors() -> Iterator[list[str]]:
+    """Collect GDAL's error messages (warnings pass) instead of letting them reach stderr.
+
+    On a full disk libtiff reports every failed block write, and the failure itself surfaces
+    later (a truncated file read back): the messages feed :func:`write_failure`'s one line.
+    """
+    messages: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            messages.append(record.getMessage())
+            return False
+        return True
+
+    loggers = [logging.getLogger(name) for name in _GDAL_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield messages
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
+
+
+def write_failure(exc: BaseException, target: Path, gdal_messages: Sequence[str]) -> WriteError | None:
+    """A one-line :class:`WriteError` naming ``target`` for a failed scene write; None if not one.
+
+    Bad inputs (:class:`KelpsegError`) and bugs are not write failures and are left as they are.
+    """
+    import rasterio.errors
+    from rasterio._err import CPLE_BaseError  # GDAL's errors (not RasterioError subclasses)
+
+    if isinstance(exc, KelpsegError) and not isinstance(exc, WriteError):
+        return None
+    try:
+        free = shutil.disk_usage(target.parent).free
+        space = f"; {free / 2**20:.1f} MiB free on its file system"
+    except OSError:
+        free, space = None, ""
+    gdal = isinstance(exc, WriteError | OSError | rasterio.errors.RasterioError | CPLE_BaseError)
+    texts = [str(exc), *gdal_messages]
+    # libtiff reports ENOSPC on stderr only; GDAL then fails reading the truncated file back
+    full = (
+        (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        or any("no space left" in t.lower() for t in texts)
+        or (gdal and free is not None and free < _FULL_BYTES)
+    )
+    if full:
+        return WriteError(f"cannot write {target}: no space left on device{space}")
+    if gdal or gdal_messages:
+        reason = " ".join((gdal_messages[0] if gdal_messages else str(exc) or type(exc).__name__).split())
+        return WriteError(f"cannot write {target}: the write did not complete ({reason}){space}")
+    return None
+
+
 # ---- the writer --------------------------------------------------------------------------------
 class SceneWriter:
     """Receives finished strips (:class:`Strip`), writes rasters and counts areas as they come."""
@@ -145,8 +211,15 @@ class SceneWriter:
         self._prob = rasterio.open(staging / "probability.raw.tif", "w", **profile)
         self._mask = rasterio.open(staging / "mask.raw.tif", "w", **profile)
         self._kelp = rasterio.open(staging / "kelp01.raw.tif", "w", **{**profile, "nodata": None})
+        # One row of blocks per raster, written when full: every GTiff write covers whole tiles,
+        # so no tile is compressed, read back and rewritten as strips straddle tile borders.
+        self._rows = np.zeros((3, min(BLOCK, height), width), np.uint8)
+        self._rows_start = 0  # raster row of self._rows[:, 0]
+        self._rows_filled = 0
         self.total = AreaCounts()
         self.per_aoi = [AreaCounts() for _ in self.aoi]
+        #: The output being written now (named by a write failure).
+        self.writing = "probability"
 
     def _aoi_ids(self, strip: Strip) -> np.ndarray | None:
         """(n, width) int32: 1-based index of the first AOI polygon holding each pixel, 0 outside."""
@@ -168,10 +241,7 @@ class SceneWriter:
         kelp = binarize(prob, self.threshold) & valid
         pct = np.where(valid, np.rint(np.clip(prob, 0, 1) * PROB_SCALE), NODATA).astype(np.uint8)
         mask = np.where(valid, kelp, NODATA).astype(np.uint8)
-        window = Window(0, strip.row, self.width, n)
-        self._prob.write(pct, 1, window=window)
-        self._mask.write(mask, 1, window=window)
-        self._kelp.write(kelp.astype(np.uint8), 1, window=window)
+        self._buffer(strip.row, np.stack([pct, mask, kelp.astype(np.uint8)]))
 
         areas = row_pixel_areas(self.transform, self.crs, strip.row, n)
         cloud = valid & strip.cloud
@@ -192,6 +262,31 @@ class SceneWriter:
             for name, layer in layers.items():
                 counts.add(name, layer & where, areas)
 
+    def _buffer(self, row: int, layers: np.ndarray) -> None:
+        """Copy (3, n, width) rows starting at raster ``row`` into the block-row buffer, writing full ones."""
+        if row != self._rows_start + self._rows_filled:
+            raise ValueError(f"strip at row {row}: expected row {self._rows_start + self._rows_filled}")
+        done = 0
+        while done < layers.shape[1]:
+            take = min(layers.shape[1] - done, self._rows.shape[1] - self._rows_filled)
+            self._rows[:, self._rows_filled : self._rows_filled + take] = layers[:, done : done + take]
+            self._rows_filled += take
+            done += take
+            if (
+                self._rows_filled == self._rows.shape[1]
+                or self._rows_start + self._rows_filled == self.height
+            ):
+                self._write_rows()
+
+    def _write_rows(self) -> None:
+        n = self._rows_filled
+        if n:
+            window = Window(0, self._rows_start, self.width, n)
+            for ds, data in zip((self._prob, self._mask, self._kelp), self._rows, strict=True):
+                ds.write(data[:n], 1, window=window)
+        self._rows_start += n
+        self._rows_filled = 0
+
     def close(self) -> None:
         for ds in (self._prob, self._mask, self._kelp):
             if not ds.closed:
@@ -200,9 +295,15 @@ class SceneWriter:
     # ---- finishing --------------------------------------------------------------------------
     def finish(self, meta: dict[str, Any], min_mapping_unit: int) -> dict[str, Any]:
         """Close the rasters, write COGs and polygons into the staging folder; returns polygon stats."""
+        if self._rows_start + self._rows_filled != self.height:
+            raise ValueError(
+                f"{self.scene_id}: {self._rows_start + self._rows_filled} of {self.height} rows written"
+            )
+        self._write_rows()
         self.close()
         paths = output_paths(self.staging, self.scene_id)
         tags = {**self.tags, "threshold": str(self.threshold), "scene_id": self.scene_id}
+        self.writing = "probability"
         _to_cog(
             self.staging / "probability.raw.tif",
             paths["probability"],
@@ -210,6 +311,7 @@ class SceneWriter:
             "AVERAGE",
             description="kelp probability (percent)",
         )
+        self.writing = "mask"
         _to_cog(
             self.staging / "mask.raw.tif",
             paths["mask"],
@@ -218,6 +320,7 @@ class SceneWriter:
             colors=MASK_COLORS,
             description="kelp mask (1 kelp, 0 not kelp)",
         )
+        self.writing = "polygons"
         stats = write_polygons(
             self.staging / "kelp01.raw.tif",
             paths["probability"],
@@ -228,6 +331,7 @@ class SceneWriter:
         )
         for name in ("probability.raw.tif", "mask.raw.tif", "kelp01.raw.tif"):
             (self.staging / name).unlink(missing_ok=True)
+        self.writing = "scene_summary"
         return stats
 
 

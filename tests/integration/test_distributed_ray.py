@@ -214,3 +214,34 @@ def test_sequential_folds_retry_in_process_and_stop_on_user_errors(
     assert failed.outcomes[0].status == "failed" and not failed.ok
     assert "SimulatedCrash: fault injection: simulated crash after epoch 0" in failed.outcomes[0].error
     assert failed.outcomes[0].epochs == 1
+
+
+def test_scene_series_on_ray_equals_the_sequential_series(
+    layout: DataLayout, tmp_path: Path, ray_session: None
+) -> None:
+    import ray
+
+    from kelpseg.infer.predict import InferenceOptions
+    from kelpseg.scene.mapping import SceneOptions
+    from kelpseg.scene.synthetic import write_synthetic_scene
+    from kelpseg.scene.timeseries import map_series
+    from kelpseg.train.run import train
+
+    run = train(tiny_config(layout, tmp_path / "runs", run_name="scene"), progress=False)
+    scenes = tmp_path / "scenes"
+    for date, sensor, vigour in [("2019-08-01", "ETM+", 0.6), ("2021-07-20", "OLI-2", 1.0)]:
+        write_synthetic_scene(
+            scenes, 200, 200, seed=5, date=date, sensor=sensor, kelp_vigour=vigour, with_dem=False
+        )
+    options = SceneOptions(
+        overlap=0.0, inference=InferenceOptions(num_workers=0, progress=False, batch_size=4)
+    )
+    sequential, _, rows = map_series(scenes, [run], tmp_path / "seq", options)
+    on_ray, _, _ = map_series(scenes, [run], tmp_path / "ray", options, ray=True)
+    assert on_ray.read_text() == sequential.read_text()
+    assert [r["date"] for r in rows] == ["2019-08-01", "2021-07-20"] and rows[0][
+        "region_ha"
+    ] == 200 * 200 * 0.09
+    for row in rows:  # one Ray task per scene, each published its own outputs
+        assert (tmp_path / "ray" / row["scene_id"] / f"{row['scene_id']}_kelp.tif").is_file()
+    assert ray.is_initialized()  # the module's Ray instance was not shut down by the series

@@ -98,22 +98,47 @@ def _map_on_ray(
     options: SceneOptions,
     address: str | None,
 ) -> list[dict[str, Any]]:
-    """One Ray task per scene (embedded local Ray, or the cluster at ``address``)."""
+    """One Ray task per scene (embedded local Ray, or the cluster at ``address``).
+
+    Paths are made absolute (a worker's working directory is not the driver's), the driver's
+    forwarded variables are set in each worker (as for folds), and an embedded Ray is shut down
+    only when this call started it.
+    """
+    import dataclasses
+
     import ray
 
-    from kelpseg.distributed.ray_runtime import init_ray, shutdown_ray
+    from kelpseg.distributed.ray_runtime import apply_env, forwarded_env, init_ray, shutdown_ray
+
+    runs = [str(Path(r).resolve()) for r in run_dirs]
+    absolute = dataclasses.replace(
+        options,
+        dem=None if options.dem is None else Path(options.dem).resolve(),
+        aoi=None if options.aoi is None else Path(options.aoi).resolve(),
+    )
+    scenes = [open_scene(Path(s.origin).resolve(), options.qa_bits) for s in sources]
+    env = forwarded_env()
 
     def one(source: Any) -> list[dict[str, Any]]:
-        return map_scene(source, run_dirs, out / source.meta.scene_id, options).rows
+        apply_env(env)
+        members = load_members(runs, absolute)  # the runs as given stay in the summaries
+        return map_scene(source, run_dirs, out.resolve() / source.meta.scene_id, absolute, members).rows
 
     rows: list[dict[str, Any]] = []
+    started_here = not ray.is_initialized()
     info = init_ray(address)
     try:
-        task = ray.remote(num_cpus=1)(one)
-        for result in ray.get([task.remote(s) for s in sources]):
+        task = ray.remote(num_cpus=1, max_retries=0)(one)
+        try:
+            results = ray.get([task.remote(s) for s in scenes])
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, KelpsegError):  # a bad input stays a one-line error
+                raise KelpsegError(str(exc.cause)) from None
+            raise
+        for result in results:
             rows.extend(result)
     finally:
-        if info.embedded:
+        if info.embedded and started_here:
             shutdown_ray()
     return rows
 

@@ -92,6 +92,8 @@ def bench_scene_throughput(data_dir: Path, args: argparse.Namespace) -> dict:
 _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
+from kelpseg.parallel import adopt_worker_policy
+adopt_worker_policy()  # dies with the benchmark, never left running
 sys.path.insert(0, {bench!r})
 from bench_scene import _options
 from kelpseg.scene.mapping import map_scene
@@ -103,6 +105,26 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "windows": res.n_windows
                   "skipped": res.n_skipped,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
+
+
+def _measure(code: str, what: str) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line as JSON. The child never outlives this."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+    )
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what}: {stderr.strip().splitlines()[-1:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def bench_scene_memory(data_dir: Path, args: argparse.Namespace) -> dict:
@@ -121,12 +143,7 @@ def bench_scene_memory(data_dir: Path, args: argparse.Namespace) -> dict:
                 run=str(run),
                 out=str(work / f"o{size}"),
             )
-            proc = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=str(ROOT)
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"scene {size}: {proc.stderr.strip().splitlines()[-1:]}")
-            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            child = _measure(code, f"scene {size}")
             out[f"peak_rss_mb_{size}"] = round(child["peak_rss_mb"], 1)
             out[f"seconds_{size}"] = round(child["seconds"], 1)
             out[f"windows_{size}"] = child["windows"]

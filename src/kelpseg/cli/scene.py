@@ -1,13 +1,14 @@
 """Whole Landsat scenes (:mod:`kelpseg.scene`): map one scene, a series, or write synthetic scenes."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from kelpseg.cli.app import app, console, err_console
 from kelpseg.cli.options import EnsembleThreshold, Quiet, RayAddress, Workers, parse_weights
 from kelpseg.cli.predict import bundled_options, inference_command
+from kelpseg.scene.sensors import SENSOR_NAMES
 
 SceneRuns = Annotated[
     list[Path], typer.Option("--run-dir", "-r", help="Run dir; repeat for a fold ensemble.")
@@ -15,6 +16,8 @@ SceneRuns = Annotated[
 SceneOut = Annotated[
     Path, typer.Option("--output-dir", "-o", help="Where the maps, polygons and summary go.")
 ]
+SynthOut = Annotated[Path, typer.Option("--output-dir", "-o", help="Folder the scene folders go into.")]
+SensorName = Literal[SENSOR_NAMES]  # type: ignore[valid-type]
 Window = Annotated[int | None, typer.Option(help="Window size in px (default 350; larger: multiples of 32).")]
 Overlap = Annotated[float, typer.Option(help="Window overlap as a fraction (Hann-blended).")]
 QaBits = Annotated[
@@ -110,12 +113,12 @@ def scene_series_cmd(
 
 @app.command("synth-scene")
 def synth_scene_cmd(
-    output_dir: SceneOut,
+    output_dir: SynthOut,
     size: Annotated[int, typer.Option(help="Scene height and width in pixels.")] = 2000,
     dates: Annotated[
         str, typer.Option(help="Comma list of acquisition dates (one scene each).")
     ] = "2020-07-15",
-    sensor: Annotated[str, typer.Option(help="TM, ETM+, OLI or OLI-2.")] = "OLI",
+    sensor: Annotated[SensorName, typer.Option(help="Landsat sensor (its band file names).")] = "OLI",
     seed: Annotated[int, typer.Option(help="Coast and kelp beds (same seed: same site).")] = 0,
     cloud_fraction: Annotated[float, typer.Option(help="Cloudy share of each scene.")] = 0.1,
 ) -> None:

@@ -35,6 +35,7 @@ from rasterio.windows import Window
 
 from kelpseg.bands import BAND_INDEX, FILL_VALUE, N_BANDS, SPECTRAL_BANDS
 from kelpseg.errors import KelpsegError
+from kelpseg.scene.sensors import BAND_NUMBERS, SENSORS
 
 
 class SceneError(KelpsegError):
@@ -57,15 +58,6 @@ QA_BITS: dict[str, int] = {
 #: choice; this is the usual "unusable" set).
 DEFAULT_QA_BITS: tuple[str, ...] = ("cloud", "dilated_cloud", "shadow", "cirrus")
 
-#: Spacecraft number -> sensor name.
-SENSORS: dict[int, str] = {4: "TM", 5: "TM", 7: "ETM+", 8: "OLI", 9: "OLI-2"}
-#: Sensor -> SR band number for each of SPECTRAL_BANDS (SWIR, NIR, R, G, B).
-BAND_NUMBERS: dict[str, tuple[int, ...]] = {
-    "TM": (5, 4, 3, 2, 1),
-    "ETM+": (5, 4, 3, 2, 1),
-    "OLI": (6, 5, 4, 3, 2),
-    "OLI-2": (6, 5, 4, 3, 2),
-}
 QA_SUFFIX = "QA_PIXEL"
 MTL_SUFFIXES = ("MTL.json", "MTL.txt", "MTL.xml")
 PRODUCT_RE = re.compile(

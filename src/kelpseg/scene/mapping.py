@@ -33,6 +33,7 @@ from kelpseg.bands import BAND_INDEX, BANDS, FILL_VALUE, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve_device
 from kelpseg.parallel import process_context
+from kelpseg.progress import bar as progress_bar
 from kelpseg.scene.c2l2 import DEFAULT_QA_BITS, SceneSource, open_scene
 from kelpseg.scene.dem import DemReader, check_dem
 from kelpseg.scene.outputs import (
@@ -422,7 +423,6 @@ def _predict_into(
     options: SceneOptions,
 ) -> int:
     """Run every window through the members, stitch, hand finished strips to ``writer``."""
-    from tqdm.auto import tqdm
 
     inference = options.inference
     device = resolve_device(inference.device)
@@ -442,7 +442,7 @@ def _predict_into(
     acc = StripAccumulator(grid.height, grid.width, grid.size, blend_weights(grid.size, grid.overlap))
     used = [r for r, w in zip(runs, weights, strict=True) if w > 0]
     skipped = 0
-    bar = tqdm(total=len(dataset), desc="scene", unit="window", disable=not inference.progress, leave=False)
+    bar = progress_bar(len(dataset), desc="scene", enabled=inference.progress, unit="window")
     try:
         with torch.inference_mode():
             for batch in loader:

@@ -235,6 +235,32 @@ def test_checkpoint_save_on_full_disk_is_one_line(prepared: DataLayout, tmp_path
         assert ckpts == [] and hidden_temps(runs) == []
 
 
+@needs_mount
+def test_scene_on_full_disk_is_one_line_and_keeps_earlier_outputs(trained: Path, tmp_path: Path):
+    from kelpseg.scene.synthetic import write_synthetic_scene
+
+    scenes = [
+        write_synthetic_scene(tmp_path / "scenes", 160, 160, seed=2, date=d)
+        for d in ("2020-07-15", "2021-07-20")
+    ]
+
+    def scene(sc: object, out: Path) -> subprocess.CompletedProcess[str]:
+        options = ("--overlap", "0", "--workers", "0", "--quiet")
+        return cli("scene", sc.folder, "-r", trained, "--dem", sc.dem, "-o", out, *options)
+
+    with tmpfs(tmp_path / "full", "2m") as root:
+        out = root / "maps"
+        first = scene(scenes[0], out)
+        assert first.returncode == 0, first.stderr
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        fill(root, 20_000)
+        res = scene(scenes[1], out)
+        line = assert_one_line_error(res, str(out))  # libtiff's own complaints held back
+        assert "no space left" in line or "did not complete" in line
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing touched
+        assert hidden_temps(root) == [] and not any(p.name.startswith(".") for p in out.iterdir())
+
+
 # ---- 4. read-only and odd output locations -------------------------------------------------------
 @needs_mount
 def test_predict_into_read_only_dir_fails_before_work(prepared: DataLayout, trained: Path, tmp_path: Path):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import math
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from kelpseg.bands import BAND_INDEX, BANDS, FILL_VALUE, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve_device
+from kelpseg.io.native_stderr import held_native_stderr
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
 from kelpseg.scene.c2l2 import DEFAULT_QA_BITS, SceneSource, open_scene
@@ -394,12 +397,19 @@ def _map_scene(
             write_summary(staging, source.meta.scene_id, summary, row)
             paths = publish(staging, out_dir, source.meta.scene_id)
         except BaseException as exc:
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.close()
+            held: list[str] = []
+            with held_native_stderr(held):
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+                # Datasets still referenced by the failed frames close (and libtiff prints its
+                # complaints) when those frames go: let that happen while stderr is held.
+                traceback.clear_frames(exc.__traceback__)
+                gc.collect()
             shutil.rmtree(staging, ignore_errors=True)
             target = output_paths(out_dir, source.meta.scene_id)[writer.writing if writer else "probability"]
-            failure = write_failure(exc, target, gdal_messages) if isinstance(exc, Exception) else None
+            messages = [*gdal_messages, *(writer.held if writer else []), *held]
+            failure = write_failure(exc, target, messages) if isinstance(exc, Exception) else None
             if failure is not None:
                 raise failure from None
             raise

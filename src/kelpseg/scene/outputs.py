@@ -44,6 +44,7 @@ from rasterio.windows import Window
 from kelpseg.errors import KelpsegError, WriteError
 from kelpseg.evaluate.evaluate import binarize
 from kelpseg.io.atomic import write_json, write_text
+from kelpseg.io.native_stderr import held_native_stderr
 from kelpseg.scene.stitch import Strip
 
 NODATA = 255
@@ -208,9 +209,12 @@ class SceneWriter:
             "compress": "deflate",
             "BIGTIFF": "IF_SAFER",
         }
-        self._prob = rasterio.open(staging / "probability.raw.tif", "w", **profile)
-        self._mask = rasterio.open(staging / "mask.raw.tif", "w", **profile)
-        self._kelp = rasterio.open(staging / "kelp01.raw.tif", "w", **{**profile, "nodata": None})
+        #: Full-disk lines libtiff printed during the writes (see :mod:`kelpseg.io.native_stderr`).
+        self.held: list[str] = []
+        with held_native_stderr(self.held):
+            self._prob = rasterio.open(staging / "probability.raw.tif", "w", **profile)
+            self._mask = rasterio.open(staging / "mask.raw.tif", "w", **profile)
+            self._kelp = rasterio.open(staging / "kelp01.raw.tif", "w", **{**profile, "nodata": None})
         # One row of blocks per raster, written when full: every GTiff write covers whole tiles,
         # so no tile is compressed, read back and rewritten as strips straddle tile borders.
         self._rows = np.zeros((3, min(BLOCK, height), width), np.uint8)
@@ -282,15 +286,17 @@ class SceneWriter:
         n = self._rows_filled
         if n:
             window = Window(0, self._rows_start, self.width, n)
-            for ds, data in zip((self._prob, self._mask, self._kelp), self._rows, strict=True):
-                ds.write(data[:n], 1, window=window)
+            with held_native_stderr(self.held):
+                for ds, data in zip((self._prob, self._mask, self._kelp), self._rows, strict=True):
+                    ds.write(data[:n], 1, window=window)
         self._rows_start += n
         self._rows_filled = 0
 
     def close(self) -> None:
-        for ds in (self._prob, self._mask, self._kelp):
-            if not ds.closed:
-                ds.close()
+        with held_native_stderr(self.held):
+            for ds in (self._prob, self._mask, self._kelp):
+                if not ds.closed:
+                    ds.close()
 
     # ---- finishing --------------------------------------------------------------------------
     def finish(self, meta: dict[str, Any], min_mapping_unit: int) -> dict[str, Any]:
@@ -301,6 +307,10 @@ class SceneWriter:
             )
         self._write_rows()
         self.close()
+        with held_native_stderr(self.held):
+            return self._finish(meta, min_mapping_unit)
+
+    def _finish(self, meta: dict[str, Any], min_mapping_unit: int) -> dict[str, Any]:
         paths = output_paths(self.staging, self.scene_id)
         tags = {**self.tags, "threshold": str(self.threshold), "scene_id": self.scene_id}
         self.writing = "probability"

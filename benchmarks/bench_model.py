@@ -77,30 +77,43 @@ def bench_band_stats(data_dir: Path, args: argparse.Namespace) -> dict:
 
 
 def _band_stats_cpu_time(layout: DataLayout, indices: list[str]) -> dict:
-    """CPU seconds per tile of a raw read and of band stats (one process, in this one): unlike wall
-    time this does not depend on what else the machine runs, and ``2 * read / stats`` is the rate of
-    2 workers on 2 free cores relative to one process reading."""
-    from threadpoolctl import threadpool_limits
+    """CPU seconds per tile of a raw read and of band stats, measured in one process set up as a
+    band-stats worker: unlike wall time this does not depend on what else the machine runs, and
+    ``2 * read / stats`` is the rate of 2 workers on 2 free cores relative to one process reading."""
+    from concurrent.futures import ProcessPoolExecutor
 
     from kelpseg.io.catalog import train_catalog
-    from kelpseg.io.tiles import read_tile
-    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate
+    from kelpseg.parallel import process_context
 
     paths = tuple(str(p) for p in train_catalog(layout)["image_path"])
+    with ProcessPoolExecutor(max_workers=1, mp_context=process_context()) as pool:
+        read, stats = pool.submit(_worker_cpu_per_tile, paths, indices).result()
+    return {
+        "read_cpu_ms_per_tile": round(1000 * read, 1),
+        "best17_cpu_ms_per_tile": round(1000 * stats, 1),
+        "best17_2w_vs_read_on_free_cores": round(2 * read / stats, 2),
+    }
+
+
+def _worker_cpu_per_tile(paths: tuple[str, ...], indices: list[str]) -> tuple[float, float]:
+    """(read, band stats incl. read) CPU seconds per tile in this process, as a worker runs them."""
+    from threadpoolctl import threadpool_limits
+
+    from kelpseg.io.tiles import read_tile
+    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate, keep_freed_memory
+
+    keep_freed_memory()
     job = _Job(paths, _resolve_indices(indices), "nan", True, True)
     with threadpool_limits(limits=1):
         start = time.process_time()
         for p in paths:
             read_tile(p)
         read = (time.process_time() - start) / len(paths)
+        accumulate(job)  # warm: the first batch grows the heap
         start = time.process_time()
         accumulate(job)
         stats = (time.process_time() - start) / len(paths)
-    return {
-        "read_cpu_ms_per_tile": round(1000 * read, 1),
-        "best17_cpu_ms_per_tile": round(1000 * stats, 1),
-        "best17_2w_vs_read_on_free_cores": round(2 * read / stats, 2),
-    }
+    return read, stats
 
 
 def _train(layout: DataLayout, config: Path, sets: list[str]) -> dict:
@@ -132,34 +145,56 @@ REFERENCE_RECIPE = [
 
 def bench_train(data_dir: Path, args: argparse.Namespace) -> dict:
     """Training samples/s at the reference recipe (best.yaml's 24 channels, UNet + tu-resnet18, batch 4,
-    fp32): the old input path (GeoTIFF reads, NCHW) against the default fast path (decoded tile
-    cache, channels-last), interleaved; steady state = the last epoch of each run."""
+    fp32): the old input path (GeoTIFF reads, NCHW, transform in the training step) against the
+    default fast path (decoded tile cache, transform in the loader workers) in NCHW and in
+    channels-last, interleaved; steady state = the last epoch of each run. ``*_loss_equal``: whether
+    the fast path's per-epoch training losses equal the baseline's (same seed)."""
     layout = _prepared(data_dir, args)
     paths = {
-        "baseline_geotiff_nchw": ["use_cache=false", "channels_last=false"],
-        "cache_channels_last": ["use_cache=true", "channels_last=true"],
+        "baseline_geotiff_nchw": ["use_cache=false", "channels_last=false", "transform_in_workers=false"],
+        "cache_workers_nchw": ["use_cache=true", "channels_last=false"],
+        "cache_workers_channels_last": ["use_cache=true", "channels_last=true"],
     }
     rates: dict[str, list[float]] = {k: [] for k in paths}
+    losses: dict[str, list[str]] = {}
     for _ in range(args.repeats):
         for name, sets in paths.items():
             run = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=2", "samples_per_epoch=16", *sets])
             rates[name].append(run["last_epoch_samples_per_s"])
+            with open(run["run_dir"] / "metrics.csv") as fh:
+                losses[name] = [row["train/loss"] for row in csv.DictReader(fh)]
     shutil.rmtree(layout.root / "bench-runs", ignore_errors=True)
-    base, fast = _median(rates["baseline_geotiff_nchw"]), _median(rates["cache_channels_last"])
-    return {
+    base = _median(rates["baseline_geotiff_nchw"])
+    out: dict = {
         "recipe": "best.yaml channels, UNet tu-resnet18, batch 4, fp32, 352 px",
         "baseline_samples_per_s": round(base, 3),
-        "fast_samples_per_s": round(fast, 3),
-        "fast_vs_baseline": round(fast / base, 2),
-        "repeats": {k: [round(v, 3) for v in vs] for k, vs in rates.items()},
     }
+    for name in list(paths)[1:]:
+        out[f"{name}_samples_per_s"] = round(_median(rates[name]), 3)
+        out[f"{name}_vs_baseline"] = round(_median(rates[name]) / base, 2)
+        out[f"{name}_loss_equal"] = losses[name] == losses["baseline_geotiff_nchw"]
+    out["train_losses"] = losses
+    out["repeats"] = {k: [round(v, 3) for v in vs] for k, vs in rates.items()}
+    return out
+
+
+#: Prediction paths timed by bench_inference: InferenceOptions fields of each.
+PREDICTION_PATHS: dict[str, dict] = {
+    # the input transform in the main process before the model, as the reference's predict.py
+    "eager_reference_pipeline": {"backend": "eager", "transform_in_workers": False},
+    "eager": {"backend": "eager"},
+    "channels_last": {"backend": "channels_last"},
+    "onnx": {"backend": "onnx"},  # what --backend auto picks on a CPU
+}
 
 
 def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     """Prediction tiles/s including reading and writing files, at the reference recipe's model (UNet +
-    tu-resnet18, 24 channels, batch 4, fp32): eager PyTorch (the baseline), channels-last, and ONNX
-    Runtime from the run's `kelpseg export` artefact (the default on a CPU), interleaved; plus the
-    largest probability difference of each fast path to eager over the predicted tiles."""
+    tu-resnet18, 24 channels, batch 4, fp32), interleaved: eager PyTorch with the transform in the
+    main process (the baseline: the reference's pipeline), then the default pipeline (transform in
+    the loader workers) with eager, channels-last and ONNX Runtime from the run's `kelpseg export`
+    artefact (the default on a CPU); plus the largest probability difference of each path to fp32
+    eager over the predicted tiles (all through the default pipeline with 2 workers)."""
     import numpy as np
 
     from kelpseg.infer.engine import export_onnx
@@ -170,29 +205,29 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     run_dir = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=1", "samples_per_epoch=8"])["run_dir"]
     export_onnx(load_run(run_dir))
     tiles = sorted(layout.test_images.glob("*_satellite.tif"))[: args.predict_tiles]
-    backends = ("eager", "channels_last", "onnx")
-    rates: dict[str, list[float]] = {b: [] for b in backends}
+    rates: dict[str, list[float]] = {p: [] for p in PREDICTION_PATHS}
     for _ in range(args.repeats):
-        for backend in backends:
+        for name, fields in PREDICTION_PATHS.items():
             dest = layout.root / "bench-preds"
             start = time.perf_counter()
-            opts = InferenceOptions(backend=backend, batch_size=4, progress=False)
+            opts = InferenceOptions(batch_size=4, progress=False, **fields)
             predict_folder(run_dir, tiles, dest, options=opts)
-            rates[backend].append(len(tiles) / (time.perf_counter() - start))
+            rates[name].append(len(tiles) / (time.perf_counter() - start))
             shutil.rmtree(dest, ignore_errors=True)
     run = load_run(run_dir)
     probs = {}
-    for backend in backends:
-        opts = InferenceOptions(backend=backend, batch_size=4, num_workers=0, progress=False)
-        probs[backend] = np.concatenate([p for _, p, _ in iter_probabilities(run, tiles[:8], opts)])
+    for name, fields in PREDICTION_PATHS.items():
+        opts = InferenceOptions(batch_size=4, progress=False, **fields)
+        probs[name] = np.concatenate([p for _, p, _ in iter_probabilities(run, tiles[:8], opts)])
     shutil.rmtree(layout.root / "bench-runs", ignore_errors=True)
-    base = _median(rates["eager"])
+    base = _median(rates["eager_reference_pipeline"])
     out: dict = {"model": "UNet tu-resnet18, 24 channels, batch 4, fp32", "n_tiles": len(tiles)}
-    for backend in backends:
-        out[f"{backend}_tiles_per_s"] = round(_median(rates[backend]), 2)
-        if backend != "eager":
-            out[f"{backend}_vs_eager"] = round(_median(rates[backend]) / base, 2)
-            out[f"{backend}_max_prob_diff"] = float(np.abs(probs[backend] - probs["eager"]).max())
+    out["eager_reference_pipeline_tiles_per_s"] = round(base, 2)
+    for name in list(PREDICTION_PATHS)[1:]:
+        out[f"{name}_tiles_per_s"] = round(_median(rates[name]), 2)
+        out[f"{name}_vs_eager"] = round(_median(rates[name]) / base, 2)
+        diff = np.abs(probs[name] - probs["eager_reference_pipeline"]).max()
+        out[f"{name}_max_prob_diff"] = float(diff)
     out["repeats"] = {k: [round(v, 2) for v in vs] for k, vs in rates.items()}
     return out
 

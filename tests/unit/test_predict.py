@@ -206,6 +206,22 @@ def test_bad_inputs_name_the_file(tmp_path: Path, patched: Path) -> None:
         )
 
 
+def test_transform_in_workers_gives_the_same_probabilities(tmp_path: Path) -> None:
+    write_tiles(tmp_path / "img", ["A1", "B2", "C3"])
+    paths = sorted((tmp_path / "img").glob("*.tif"))
+    run = fake_run(tmp_path)
+    out = {}
+    for in_workers in (True, False):
+        opts = InferenceOptions(batch_size=2, num_workers=1, transform_in_workers=in_workers, progress=False)
+        out[in_workers] = np.concatenate([p for _, p, _ in iter_probabilities(run, paths, opts)])
+    assert out[True].shape == (3, S, S)
+    np.testing.assert_array_equal(out[True], out[False])
+    cpu = torch.device("cpu")
+    assert predict.transforms_in_workers(InferenceOptions(num_workers=2), cpu)
+    assert not predict.transforms_in_workers(InferenceOptions(num_workers=0), cpu)
+    assert not predict.transforms_in_workers(InferenceOptions(num_workers=2), torch.device("cuda"))
+
+
 def test_corrupt_tile_found_while_reading_is_one_line(tmp_path: Path) -> None:
     write_tiles(tmp_path / "img", ["A1"])
     path = tmp_path / "img" / "A1_satellite.tif"

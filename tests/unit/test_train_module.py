@@ -96,6 +96,25 @@ def test_training_batch_is_cropped_and_augmented_consistently() -> None:
     assert x.shape == (2, 9, 352, 352) and mask.shape == (2, 352, 352)
 
 
+def test_batch_transformed_in_the_workers_trains_on_the_same_input() -> None:
+    """A batch carrying ``input`` (the loader workers' transform, see TransformingCollate) gives the
+    training step exactly the input and mask it computes itself from the raw tiles."""
+    from kelpseg.train.datamodule import TransformingCollate
+
+    config = tiny_config(train_crop_size=None)
+    module_a = KelpSegmentationModule(config, fake_band_stats())
+    module_b = KelpSegmentationModule(config, fake_band_stats())
+    batch = raw_batch(2, seed=3)
+    collated = TransformingCollate(module_a.transform)(_items(batch))
+    assert collated["input"].shape == (2, 9, 352, 352)
+    x_a, mask_a = module_a._prepare_train_batch(collated)  # same seed: same augmentation draws
+    x_b, mask_b = module_b._prepare_train_batch(batch)
+    assert torch.equal(x_a, x_b) and torch.equal(mask_a, mask_b)
+    collated["input"] = torch.zeros_like(collated["input"])  # the step really uses the given input
+    x_zero, _ = KelpSegmentationModule(config, fake_band_stats())._prepare_train_batch(collated)
+    assert x_zero.abs().max() == 0
+
+
 def test_cropping_the_raw_tile_equals_cropping_the_transform() -> None:
     """The fast path (crop, then transform) is exact for padded, stats-normalised inputs."""
     module = KelpSegmentationModule(tiny_config(), fake_band_stats())

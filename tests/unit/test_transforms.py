@@ -130,6 +130,35 @@ def test_quantile_normalisation_clamps_and_rescales_exactly() -> None:
     assert out.tolist() == [0.0, 0.25, 0.5, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("strategy", ["quantile", "min-max"])
+def test_fused_normalise_and_pad_is_bit_identical_to_the_steps(strategy: str) -> None:
+    table = stats(R={"q01": 900.0, "q99": 1100.0, "min": 0.0, "max": 5000.0}, NDVI={"q01": -0.2, "q99": 0.9})
+    t = make(table, bands=["R", "G", "QA"], spectral_indices=["NDVI"], normalization_strategy=strategy)
+    t.image_size = 352
+    assert t._fused
+    gen = torch.Generator().manual_seed(0)
+    x = raw_batch(2) + 400 * torch.randn(2, len(BANDS), TILE_SIZE, TILE_SIZE, generator=gen)
+    x[0, BAND_INDEX["R"], :3, :3] = NAN
+    x[0, BAND_INDEX["R"], 3, :3] = float("inf")
+    x[1, BAND_INDEX["G"], 4, :3] = float("-inf")
+    x[1, BAND_INDEX["NIR"], 5:9, :] = NAN  # NaN NDVI
+    fused = t(x)
+    steps = t.resize(t.normalize(t.features(x)))
+    assert fused.shape == (2, 4, 352, 352)
+    assert torch.equal(fused, steps)
+    assert fused[0, 0, 1, 1].item() == 0.0 and fused[0, 0, 4, 1].item() == 1.0  # NaN -> low, +inf -> high
+
+
+def test_normalisation_is_not_fused_when_stats_are_out_of_order() -> None:
+    # a NaN is filled with min before clamping: with min > q01 it does not land on 0
+    t = make(stats(R={"min": 2.0, "q01": 1.0, "q99": 3.0}), bands=["R"], spectral_indices=[])
+    assert not t._fused
+    x = raw_batch(R=2.0)
+    x[0, BAND_INDEX["R"], 0, 0] = NAN
+    assert t(x)[0, 0, 0, 0].item() == 0.5
+    assert not make(stats(), bands=["R"], spectral_indices=[], normalization_strategy="z-score")._fused
+
+
 def test_z_score_uses_mean_and_std() -> None:
     t = make(
         stats(R={"mean": 2000.0, "std": 500.0}),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kelpseg.bands import BAND_INDEX, N_BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError, TileError
@@ -119,6 +119,27 @@ class _TileReader(Dataset[dict[str, Any]]):
         return item
 
 
+class _TransformingCollate:
+    """DataLoader ``collate_fn`` that also applies the run's input transform to the batch (in the
+    worker, with the worker's single thread): ``batch["input"]`` is the model input."""
+
+    def __init__(self, transform: torch.nn.Module) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(items)
+        with torch.inference_mode():
+            batch["input"] = self.transform(batch["image"])
+        return batch
+
+
+def transforms_in_workers(options: InferenceOptions, device: torch.device) -> bool:
+    """Whether the input transform runs in the DataLoader workers (see ``transform_in_workers``)."""
+    if options.num_workers <= 0 or device.type != "cpu":
+        return False
+    return True if options.transform_in_workers is None else bool(options.transform_in_workers)
+
+
 # ---- the prediction loop -----------------------------------------------------------------------
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
@@ -144,6 +165,10 @@ class InferenceOptions:
     backend: str = "auto"
     batch_size: int = 8
     num_workers: int = 2
+    #: Run the run's input transform (indices, normalisation, padding) in the DataLoader workers,
+    #: one thread each, overlapping the model's compute: None = on a CPU with workers, where the
+    #: transform would otherwise hold up the model (on a GPU it runs on the device).
+    transform_in_workers: bool | None = None
     device: str | torch.device | None = None
     progress: bool = True
     #: Reference run directories only (kelpseg runs carry their own stats): the stats JSON, or
@@ -166,6 +191,7 @@ class InferenceOptions:
             "backend": self.backend,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
+            "transform_in_workers": self.transform_in_workers,
             "band_stats": None if self.band_stats is None else str(self.band_stats),
             "reference_score": self.reference_score,
         }
@@ -217,10 +243,12 @@ def iter_probabilities(
     if options.tta:
         resolve_transforms(options.tta_transforms)
     workers = max(0, int(options.num_workers))
+    in_workers = transforms_in_workers(options, device)
     loader = DataLoader(
         _TileReader(image_paths, mask_paths),
         batch_size=options.batch_size,
         num_workers=workers,
+        collate_fn=_TransformingCollate(run.transform.cpu().eval()) if in_workers else None,
         multiprocessing_context=process_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
@@ -238,7 +266,8 @@ def iter_probabilities(
                 if errors:
                     raise TileError(errors[0])
                 raw = batch["image"].to(device, non_blocking=True)
-                prob = model_probabilities(model, transform(raw), options, autocast)
+                x = batch["input"] if in_workers else transform(raw)
+                prob = model_probabilities(model, x, options, autocast)
                 prob = run.unpad(prob)[:, 0]
                 if options.land_mask:
                     prob = torch.where(raw[:, DEM] > 0, torch.zeros_like(prob), prob)

@@ -58,12 +58,14 @@ timestamp: the same tiles and options give the same bytes.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import pickle
 import queue as queue_mod
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ from threadpoolctl import threadpool_limits
 from kelpseg.bands import BANDS, FILL_VALUE, band_positions
 from kelpseg.errors import KelpsegError, StageNotRunError, run_hint
 from kelpseg.features.indices import (
+    CPU_BLOCK_PIXELS,
     INDEX_REGISTRY,
     compute_indices,
     cpu_blocks,
@@ -164,7 +167,7 @@ _RAW_BIN_ORDER = _raw_bin_order()
 def raw_float_counts(values: np.ndarray) -> np.ndarray:
     """Counts of finite float32 ``values`` per top-bits pattern, in raw order (see _raw_bin_order)."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    return np.bincount((bits >> np.uint32(FLOAT_SHIFT)).astype(np.intp), minlength=FLOAT_BINS)
+    return np.bincount(bits >> np.uint32(FLOAT_SHIFT), minlength=FLOAT_BINS)
 
 
 def ordered_float_counts(raw_counts: np.ndarray) -> np.ndarray:
@@ -203,7 +206,9 @@ def _moments(vals: np.ndarray) -> tuple[int, float, float]:
     """Exact two-pass (count, mean, M2), accumulated in float64."""
     n = int(vals.size)
     mean = float(np.add.reduce(vals, dtype=np.float64)) / n
-    dev = np.subtract(vals, mean, dtype=np.float64)
+    # the same values as np.subtract(vals, mean, dtype=float64), without the ufunc's buffered cast
+    dev = vals.astype(np.float64)
+    dev -= mean
     return n, mean, float(np.dot(dev, dev))
 
 
@@ -435,13 +440,14 @@ def update_with_batch(state: StatsState, x: np.ndarray, job: _Job, raw: np.ndarr
     else:
         for b in range(len(BANDS)):
             state.update_channel(b, x[:, b])
+    if job.fill_value == "nan":  # one index at a time: memory does not grow with their number
+        parts = _counted_index_values(x, job.indices, job.mask_using_qa, job.mask_using_water_mask)
+        for j, values in parts:
+            state.update_values(len(BANDS) + j, values)
+        state.n_tiles += x.shape[0]
+        return
     for start in range(0, len(job.indices), INDEX_CHUNK):
         names = job.indices[start : start + INDEX_CHUNK]
-        if job.fill_value == "nan":
-            parts = _counted_index_values(x, names, job.mask_using_qa, job.mask_using_water_mask)
-            for j, values in enumerate(parts):
-                state.update_values(len(BANDS) + start + j, values)
-            continue
         idx = compute_indices(
             x,
             band_positions(BANDS),
@@ -485,37 +491,82 @@ def _update_bands_from_integers(state: StatsState, raw: np.ndarray, fill_value: 
 
 def _counted_index_values(
     x: np.ndarray, names: Sequence[str], mask_using_qa: bool, mask_using_water_mask: bool
-) -> list[np.ndarray]:
-    """The pixels that count for each index with NaN fill, as 1-D arrays in the batch's C order.
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(j, pixels that count for index j)`` with NaN fill, one index at a time, as 1-D arrays in
+    the batch's C order.
 
     The same values, in the same order, as the finite entries of
     ``compute_indices(x, ..., fill=nan)[:, j]`` (so the statistics are bit-identical), with less
-    work: per cache-sized block the bands are gathered once at the kept (unmasked) pixels and the
-    maskable formulas run on those pixels only (they are element-wise); no masked, filled stack is
-    made, and a result without a non-finite value is taken as it is.
+    work: the keep mask (QA, water) is built once per batch and the bands are gathered once at the
+    kept pixels; each maskable formula runs on those pixels only (it is element-wise), block by
+    cache-sized block, into one reused output. No masked, filled stack is made, and a result
+    without a non-finite value is taken as it is. Each array is only valid until the next one is
+    yielded (the output buffer is reused).
     """
     positions = band_positions(BANDS)
     specs = [get_index(n) for n in names]
     masked_needs = sorted({b for s in specs if s.maskable for b in s.needs})
     n, _, height, width = x.shape
+    full = {b: x[:, positions[b]] for b in BANDS}
+    keep = None
+    if mask_using_qa:
+        keep = qa_ok_mask(x, positions)
+    if mask_using_water_mask:
+        water = water_mask(x, positions)
+        keep = water if keep is None else keep & water
+    blocks = [images for images, _ in cpu_blocks(n, height, width)] if height * width < _ROWS_SPLIT else None
+    if blocks is None:  # large images: blocks of rows, as compute_indices makes them
+        yield from _counted_index_values_by_rows(x, specs, keep, masked_needs, positions)
+        return
+    per_image = np.full(n, height * width, np.int64) if keep is None else keep.reshape(n, -1).sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(per_image)])
+    kept = full if keep is None else {b: full[b][keep] for b in masked_needs}
+    buffer = np.empty(n * height * width, np.float32)
+    with np.errstate(all="ignore"):
+        for j, spec in enumerate(specs):
+            out = buffer if spec.maskable is False or keep is None else buffer[: int(offsets[-1])]
+            pos = 0
+            for images in blocks:
+                if spec.maskable and keep is not None:
+                    lo, hi = int(offsets[images.start]), int(offsets[min(images.stop, n)])
+                    args = {b: kept[b][lo:hi] for b in spec.needs}
+                else:
+                    args = {b: full[b][images] for b in spec.needs}
+                value = np.asarray(spec.func(**args), dtype=np.float32).reshape(-1)
+                out[pos : pos + value.size] = value
+                pos += value.size
+            out = out[:pos]
+            finite = np.isfinite(out)
+            yield j, (out if finite.all() else out[finite])
+
+
+#: Images of at least this many pixels are split into blocks of rows (see ``cpu_blocks``).
+_ROWS_SPLIT = CPU_BLOCK_PIXELS
+
+
+def _counted_index_values_by_rows(
+    x: np.ndarray,
+    specs: list[Any],
+    keep: np.ndarray | None,
+    masked_needs: list[str],
+    positions: dict[str, int],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`_counted_index_values` for images of ``_ROWS_SPLIT`` pixels or more: per block of rows
+    the bands are gathered at the kept pixels and every formula runs on them."""
+    n, _, height, width = x.shape
     parts: list[list[np.ndarray]] = [[] for _ in specs]
     with np.errstate(all="ignore"):
         for images, rows in cpu_blocks(n, height, width):
-            block = x[images, :, rows]
-            full = {b: block[:, positions[b]] for b in BANDS}
-            keep = None
-            if mask_using_qa:
-                keep = qa_ok_mask(block, positions)
-            if mask_using_water_mask:
-                water = water_mask(block, positions)
-                keep = water if keep is None else keep & water
-            kept = full if keep is None else {b: full[b][keep] for b in masked_needs}
+            full = {b: x[images, positions[b], rows] for b in BANDS}
+            block_keep = None if keep is None else keep[images, rows]
+            kept = full if block_keep is None else {b: full[b][block_keep] for b in masked_needs}
             for j, spec in enumerate(specs):
                 bands = kept if spec.maskable else full
                 value = np.asarray(spec.func(**{b: bands[b] for b in spec.needs}), dtype=np.float32)
                 finite = np.isfinite(value)
                 parts[j].append(value.ravel() if finite.all() else value[finite])
-    return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+    for j, p in enumerate(parts):
+        yield j, (p[0] if len(p) == 1 else np.concatenate(p))
 
 
 def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> StatsState:
@@ -531,8 +582,35 @@ def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> S
     return state
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values a worker sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_WORKER_MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit systems
+_WORKER_TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks for reuse in this process instead of returning them to the
+    kernel; True if it took effect (Linux with glibc), False elsewhere (then nothing changes).
+
+    A batch allocates and frees tens of MB of temporaries (a float copy of the tiles, gathered
+    bands, each index). By default glibc serves blocks that large with ``mmap`` and unmaps them
+    on free (or trims the heap), so every batch pays a fresh page fault per 4 KiB: measured, a
+    fifth to a third of a worker's CPU time, all of it in the kernel. Peak memory is unchanged;
+    the worker just keeps it until it exits. Called in band-stats worker processes only.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD)
+        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, _WORKER_TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+
+
 def _worker(worker_id: int, job: _Job, results: Any) -> None:
     try:
+        keep_freed_memory()
         with threadpool_limits(limits=1):  # one process per core: no BLAS threads spinning
             state = accumulate(job, on_progress=lambda n: results.put(("progress", n)))
         results.put(("done", (worker_id, state.to_payload())))

@@ -87,6 +87,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, gt=0)
     num_workers: int = Field(2, ge=0)
     use_cache: bool = False
+    #: Training on a CPU without train_crop_size: compute the input transform (indices,
+    #: normalisation, padding) in the DataLoader workers, overlapping the model's step. The same
+    #: values as in the training step (augmentation still runs there). None = on when training on
+    #: a CPU with workers; on a GPU the transform always runs on the device.
+    transform_in_workers: bool | None = None
     seed: int = 42
 
     # ---- model ------------------------------------------------------------------------------

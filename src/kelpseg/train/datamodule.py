@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.io.catalog import load_catalog
@@ -102,6 +102,20 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class TransformingCollate:
+    """DataLoader ``collate_fn`` that also applies the batch transform in the worker (one thread):
+    ``batch["input"]`` holds ``transform(batch["image"])``, which the training module then uses."""
+
+    def __init__(self, transform: BatchTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(items)
+        with torch.no_grad():
+            batch["input"] = self.transform(batch["image"])
+        return batch
 
 
 class KelpDataModule(L.LightningDataModule):
@@ -206,12 +220,26 @@ class KelpDataModule(L.LightningDataModule):
         """``config.num_workers``, capped at the machine's CPU count."""
         return max(0, min(int(self.config.num_workers), os.cpu_count() or 1))
 
+    def transforms_in_workers(self) -> bool:
+        """Whether the loaders' workers apply ``transform`` (``config.transform_in_workers``):
+        never on a GPU, without workers or with a random crop (the step crops the raw tile first)."""
+        wanted = self.config.transform_in_workers
+        if wanted is False or self.num_workers == 0 or self.config.train_crop_size is not None:
+            return False
+        trainer = getattr(self, "trainer", None)
+        strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+        device = getattr(strategy, "root_device", None)
+        on_cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
+        return on_cpu
+
     def _loader(self, dataset: KelpTileDataset, **kwargs: Any) -> DataLoader[dict[str, Any]]:
         workers = self.num_workers
+        collate = TransformingCollate(self.transform) if self.transforms_in_workers() else None
         return DataLoader(
             dataset,
             batch_size=int(self.config.batch_size),
             num_workers=workers,
+            collate_fn=collate,
             persistent_workers=workers > 0,
             multiprocessing_context=process_context() if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),

@@ -130,7 +130,7 @@ class KelpSegmentationModule(pl.LightningModule):
                 x = self.transform.normalize(self.transform.features(raw))
                 crop = None
             else:
-                x = self.transform(batch["image"])
+                x = batch["input"] if "input" in batch else self.transform(batch["image"])
                 mask = self.transform.pad_mask(batch["mask"])
             if self.config.augment:
                 x, mask = augment(x, mask, gen, crop_size=crop)
@@ -165,7 +165,8 @@ class KelpSegmentationModule(pl.LightningModule):
     # ---- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         mask = batch["mask"]
-        logits = self.transform.unpad(self(self.transform(batch["image"])))
+        x = batch["input"] if "input" in batch else self.transform(batch["image"])
+        logits = self.transform.unpad(self(x))
         loss = self.loss_fn(logits.float(), mask)
         self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=mask.shape[0])
         self.val_metric.update(torch.sigmoid(logits.float()), mask)

@@ -167,6 +167,45 @@ class BatchTransform(nn.Module):
         for key in STAT_KEYS:
             lenient = self.reference_order and key in _FILL_KEYS and normalization_strategy != "min-max"
             self.register_buffer(f"stat_{key}", _stats_tensor(table, names, key, finite=not lenient))
+        self._fused = self._can_fuse()
+
+    def _can_fuse(self) -> bool:
+        """Whether :meth:`_normalize_and_pad` gives exactly ``resize(normalize(x))``.
+
+        True for padding with the ``quantile`` / ``min-max`` strategies when every channel has
+        ``min <= low <= high <= max`` (band-stats files always do): then clamping maps ``-inf``
+        to ``low`` and ``+inf`` to ``high`` exactly as filling them with ``min`` / ``max`` first
+        would, and a NaN (filled with ``min``, clamped to ``low``) becomes exactly 0.
+        """
+        if self.reference_order or self.resize_strategy != "pad":
+            return False
+        if self.normalization_strategy not in ("quantile", "min-max"):
+            return False
+        low, high = self._bounds()
+        return bool(
+            torch.isfinite(self.stat_min).all()
+            and torch.isfinite(self.stat_max).all()
+            and (self.stat_min <= low).all()
+            and (low <= high).all()
+            and (high <= self.stat_max).all()
+        )
+
+    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalization_strategy == "quantile":
+            return self.stat_q01, self.stat_q99
+        return self.stat_min, self.stat_max
+
+    def _normalize_and_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Steps 4-6 in one buffer (see :meth:`_can_fuse`): clamp, rescale and NaN -> 0 computed in
+        place inside the zero-padded output, 3 passes over the pixels instead of about 10."""
+        low, high = self._bounds()
+        n, c, height, width = x.shape
+        left, right, top, bottom = self._pad_widths(height, width)
+        out = x.new_zeros((n, c, height + top + bottom, width + left + right))
+        inner = out[:, :, top : top + height, left : left + width]
+        torch.clamp(x, low, high, out=inner)  # NaN stays NaN; ±inf -> low / high
+        inner.sub_(low).div_((high - low).clamp(min=MIN_SCALE))
+        return out.nan_to_num_(nan=0.0)
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -209,6 +248,8 @@ class BatchTransform(nn.Module):
         if self.reference_order:
             return self.normalize(self.features(self.resize(raw)))
         x = self.features(raw)
+        if self._fused:
+            return self._normalize_and_pad(x)
         x = self.normalize(x)
         return self.resize(x)
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kelpseg.bands import BAND_INDEX, BANDS, FILL_VALUE, TILE_SIZE
 from kelpseg.errors import KelpsegError
+from kelpseg.infer.engine import build_runner, resolve_backend
 from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve_device
 from kelpseg.io.native_stderr import held_native_stderr
 from kelpseg.parallel import process_context
@@ -139,8 +140,15 @@ def load_members(
     return runs, [float(w) for w in weights], float(value), source
 
 
-def window_probabilities(run: Any, raw: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
-    """Raw windows (N, 7, S, S), NaN at fill -> probabilities (N, S, S) with the run's transform."""
+def window_probabilities(
+    run: Any, raw: torch.Tensor, options: InferenceOptions, model: Any = None
+) -> torch.Tensor:
+    """Raw windows (N, 7, S, S), NaN at fill -> probabilities (N, S, S) with the run's transform.
+
+    ``model``: the callable that maps the normalised batch to logits (a prediction backend's
+    runner, :func:`kelpseg.infer.engine.build_runner`); default the run's PyTorch model.
+    """
+    model = run.model if model is None else model
     transform = run.transform
     size = raw.shape[-1]
     if transform.resize_strategy == "pad" and size > transform.image_size:
@@ -148,10 +156,26 @@ def window_probabilities(run: Any, raw: torch.Tensor, options: InferenceOptions)
         target = int(math.ceil(size / 32) * 32)
         top, bottom = pad_amounts(size, target)
         x = F.pad(x, (top, bottom, top, bottom), value=0.0)
-        prob = model_probabilities(run.model, x, options)
+        prob = model_probabilities(model, x, options)
         return prob[:, 0, top : top + size, top : top + size]
-    prob = model_probabilities(run.model, transform(raw), options)
+    prob = model_probabilities(model, transform(raw), options)
     return transform.unpad(prob, size=size)[:, 0]
+
+
+def _runner(run: Any, backend: str, device: torch.device) -> Any:
+    """:func:`kelpseg.infer.engine.build_runner` for ``run``, built once per backend and device.
+
+    Kept on the run object: a series maps many scenes with the same loaded runs, and an ONNX
+    runner without an exported file exports the model on its first call.
+    """
+    cache = getattr(run, "__dict__", None)
+    if cache is None:
+        return build_runner(run, backend, device)
+    runners = cache.setdefault("_scene_runners", {})
+    key = (backend, str(device))
+    if key not in runners:
+        runners[key] = build_runner(run, backend, device)
+    return runners[key]
 
 
 def release_free_heap() -> None:
@@ -436,7 +460,9 @@ def _predict_into(
 
     inference = options.inference
     device = resolve_device(inference.device)
-    members = [(r.model.to(device).eval(), w) for r, w in zip(runs, weights, strict=True) if w > 0]
+    # The same backends as tile prediction (``auto``: the run's exported ONNX model on a CPU).
+    backend = resolve_backend(inference.backend, device, inference.bf16)
+    members = [(_runner(r, backend, device), w) for r, w in zip(runs, weights, strict=True) if w > 0]
     for run in runs:
         run.transform.to(device).eval()
     weight_sum = float(sum(w for _, w in members))
@@ -465,8 +491,8 @@ def _predict_into(
                 if todo.size:
                     raw = batch["image"][todo].to(device, non_blocking=True)
                     total = None
-                    for run, (_, w) in zip(used, members, strict=True):
-                        p = window_probabilities(run, raw, inference) * w
+                    for run, (model, w) in zip(used, members, strict=True):
+                        p = window_probabilities(run, raw, inference, model) * w
                         total = p if total is None else total + p
                     assert total is not None
                     mean = total / weight_sum

@@ -96,6 +96,8 @@ class AoiParams:
     patch_min_range: float = 3.0
     #: Keys kept per tile: the ones with the smallest hashes (a consistent sample of its patches).
     keys_per_tile: int = 128
+    #: ... plus every patch whose hash is the smallest in the window of this side (px) around it.
+    local_min_window: int = 11
     #: Keys shared by more tiles than this are common shapes, not evidence of one place.
     max_tiles_per_key: int = 64
     #: Shared keys at one and the same offset needed to link two tiles by exact elevation.
@@ -226,15 +228,27 @@ def describe_dem(dem: np.ndarray, params: AoiParams = AoiParams()) -> TileDescri
 
 # ---- exact-elevation keys ---------------------------------------------------------------------
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+_ROW_MULT = np.uint64(0xD6E8FEB86659FD93)
+_NO_KEY = np.uint64(np.iinfo(np.uint64).max)
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads every input bit over the whole 64-bit hash (uint64 wraps)."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+    """splitmix64 finaliser: spreads every input bit over the whole 64-bit hash (uint64 wraps).
+
+    Works in place on a fresh array (``h`` is copied once), so no temporaries are made.
+    """
+    h = np.array(h, dtype=np.uint64, copy=True)
+    tmp = np.empty_like(h)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+        np.right_shift(h, np.uint64(shift), out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        if mult is not None:
+            np.multiply(h, np.uint64(mult), out=h)
+    return h
+
+
+#: ``_mix`` of every int16 value (as its int64 bits), for :func:`patch_hashes`
+_VALUE_MIX = _mix(np.arange(-(1 << 15), 1 << 15, dtype=np.int64).astype(np.uint64))
 
 
 def _windows(x: np.ndarray, p: int, op: Any) -> np.ndarray:
@@ -258,15 +272,20 @@ def patch_hashes(values: np.ndarray, p: int) -> np.ndarray:
     Row then column polynomial hashing (2p multiply-adds per pixel); equal patches anywhere in
     any tile hash equal, so a match needs no offset search.
     """
-    v = _mix(np.asarray(values, dtype=np.int64).astype(np.uint64))
+    values = np.asarray(values)
+    if values.size and (values.min() < -(1 << 15) or values.max() >= 1 << 15):
+        v = _mix(values.astype(np.int64).astype(np.uint64))
+    else:  # int16 range (every DEM): a table lookup instead of mixing each pixel
+        v = _VALUE_MIX[values.astype(np.int64) + (1 << 15)]
     h, w = v.shape
-    rows = np.zeros((h, w - p + 1), np.uint64)
-    for j in range(p):
-        rows = rows * _HASH_MULT + v[:, j : j + w - p + 1]
-    out = np.zeros((h - p + 1, w - p + 1), np.uint64)
-    mult = _mix(np.uint64(0x632BE59BD9B4E019) * np.ones(1, np.uint64))[0] | np.uint64(1)
-    for i in range(p):
-        out = out * mult + rows[i : i + h - p + 1]
+    rows = v[:, : w - p + 1].copy()
+    for j in range(1, p):
+        np.multiply(rows, _HASH_MULT, out=rows)
+        np.add(rows, v[:, j : j + w - p + 1], out=rows)
+    out = rows[: h - p + 1].copy()
+    for i in range(1, p):
+        np.multiply(out, _ROW_MULT, out=out)
+        np.add(out, rows[i : i + h - p + 1], out=out)
     return _mix(out)
 
 
@@ -294,16 +313,29 @@ def elevation_keys(dem: np.ndarray, params: AoiParams = AoiParams()) -> tuple[np
     ok = _windows(valid, p, np.logical_and)
     ok &= _windows(land.astype(np.uint8), p, np.add) >= params.patch_min_land
     ok &= _windows(values, p, np.maximum) - _windows(values, p, np.minimum) >= params.patch_min_range
-    ys, xs = np.nonzero(ok)
-    if len(ys) == 0:
+    if not ok.any():
         return np.zeros(0, np.uint64), np.zeros((0, 2), np.int16)
-    hashes = patch_hashes(values, p)[ys, xs]
+    grid = np.where(ok, patch_hashes(values, p), _NO_KEY)
+    ys, xs = np.nonzero(ok)
+    hashes = grid[ys, xs]
+    # local minima: two crops share them wherever their overlap has terrain, however small
+    local = np.zeros(len(hashes), bool)
+    if params.local_min_window > 1:
+        from scipy.ndimage import minimum_filter
+
+        low = minimum_filter(grid, params.local_min_window, mode="constant", cval=_NO_KEY)
+        local = hashes == low[ys, xs]
     k = 2 * params.keys_per_tile
     if len(hashes) > k:  # only the smallest hashes can be kept: sort those alone
-        low = np.flatnonzero(hashes <= np.partition(hashes, k - 1)[k - 1])
-        hashes, ys, xs = hashes[low], ys[low], xs[low]
+        pick = np.flatnonzero(local | (hashes <= np.partition(hashes, k - 1)[k - 1]))
+        hashes, ys, xs, local = hashes[pick], ys[pick], xs[pick], local[pick]
     _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
-    keep = first[counts == 1][: params.keys_per_tile]  # unique in the tile, by increasing hash
+    unique = first[counts == 1]  # unique in the tile, by increasing hash
+    keep = np.zeros(len(hashes), bool)
+    keep[unique[: params.keys_per_tile]] = True  # the tile's smallest hashes ...
+    keep[unique[local[unique]]] = True  # ... and its local minima
+    keep = np.flatnonzero(keep)
+    keep = keep[np.argsort(hashes[keep], kind="stable")]
     return hashes[keep], np.stack([ys[keep], xs[keep]], axis=1).astype(np.int16)
 
 
@@ -371,6 +403,8 @@ def exact_links(descriptors: Sequence[TileDescriptor], params: AoiParams = AoiPa
     code, votes = np.unique(np.concatenate(codes), return_counts=True)
     strong = votes >= params.min_key_votes
     code, votes = code[strong], votes[strong]
+    if len(code) == 0:
+        return Links.empty()
     pair = code >> 22
     # one link per pair: its best-supported offset
     best = np.lexsort((-votes, pair))

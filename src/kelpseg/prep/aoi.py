@@ -3,32 +3,48 @@
 Cross-validation folds must keep every view of one place on the same side, otherwise the model
 is scored on terrain it has already seen. The GeoTIFFs carry no coordinates, so the place is
 recognised from the pixels. The spectral bands change with the date (clouds, sun, tide); the
-elevation band (DEM) does not, apart from a shift of a few pixels between acquisitions. So the
-grouping works on the DEM only, with no pretrained network:
+elevation band (DEM) does not: two dates of one place hold the same elevations, cropped at
+another offset (up to a third of a tile or more) and sometimes misregistered by a pixel or two.
+So the grouping works on the DEM only, with no pretrained network, and links tiles by two kinds
+of evidence:
 
-1. **Descriptor** per tile, from the relief ``log1p(max(DEM, 0))`` (water, sea level and nodata
-   -> 0; the log keeps low coastal land visible next to mountains), block-averaged by ``block``
-   px (350 -> 70 x 70 with the default 5):
+1. **Exact elevation** (``"exact-dem"``). Every 5 x 5 px window of integer elevations that is
+   all valid DEM, mostly land and not flat is hashed from its values alone
+   (:func:`patch_hashes`). A tile keeps as keys the windows with its ``keys_per_tile``
+   smallest hashes plus every window whose hash is the smallest within ``local_min_window`` px
+   around it (:func:`elevation_keys`). Both choices depend on the values, not on where the tile
+   was cropped, so two crops of one place share keys at one constant offset, the crop offset,
+   whatever its size; the local minima keep that true where the overlap is a small part of a
+   tile with much land. All keys of all tiles are sorted once; two tiles sharing at least
+   ``min_key_votes`` keys *at the same offset* are linked (:func:`exact_links`). Keys held by
+   more than ``max_tiles_per_key`` tiles are common shapes and cast no vote.
+2. **Detail correlation** (``"detail-correlation"``), the fallback for DEMs that are not
+   bit-identical between dates (resampled, re-quantised). Per tile, from the relief
+   ``log1p(max(DEM, 0))`` block-averaged by ``block`` px: a *coarse vector* (the thumbnail on a
+   ``search_grid`` grid, unit norm) for the candidate search and a *detail thumbnail* (a
+   difference of Gaussians: terrain texture and coastline shape without the "land on this
+   side" trend). Each usable tile's ``n_neighbors`` nearest coarse vectors (PCA, chunked brute
+   force) are candidates; a candidate pair not already in one group by exact links is verified
+   by the best Pearson correlation of the detail thumbnails over shifts up to ``max_shift`` px
+   (:func:`shifted_correlation`) and linked at ``threshold`` or above.
+3. **Groups** are the connected components of all links (a full transitive closure, no size
+   cap that would split a large group back into leaking singletons).
 
-   * a *coarse vector*: the thumbnail averaged to ``search_grid`` x ``search_grid`` cells,
-     mean-removed and L2-normalised. Cells of 25 px barely change under a shift of a few px;
-   * a *detail thumbnail*: the difference of two Gaussian blurs of the thumbnail
-     (``detail_sigmas``, in blocks), i.e. the terrain texture and coastline shape without the
-     "land on this side" trend. Two different coasts with land in the same corner correlate
-     highly on the relief itself but not on its detail.
+**Tiles that cannot be placed.** A tile with no usable terrain (under ``min_land_fraction``
+land, e.g. open water or all nodata) and no link of either kind cannot be recognised. Giving
+each its own group would be safe only if each really showed a unique place; several dates of
+one stretch of open water would then be scattered over the folds. So they are *pooled* into
+one "unplaced" group (``AoiParams(pool_unplaced=False)`` keeps each alone instead). The split
+(:mod:`kelpseg.prep.split`) treats it like any group: all its tiles go to one validation fold,
+so no unplaced place straddles folds, at the price of one fold holding them all. A tile without
+usable terrain that *is* linked (its few land pixels match another tile's) joins that group.
 
-   A tile is *usable* when at least ``min_land_fraction`` of its pixels are land (DEM > 0) and
-   its detail is not constant. Unusable tiles (open water, all nodata) have nothing to
-   recognise; each becomes its own group instead of all of them being glued together.
-2. **Candidates**: the coarse vectors are reduced by PCA and each tile's ``n_neighbors``
-   nearest neighbours are found by a chunked brute-force search (no N x N matrix is kept);
-   pairs whose coarse cosine similarity is below ``min_search_similarity`` are dropped.
-3. **Verification**: a candidate pair's score is the best Pearson correlation of the two
-   detail thumbnails over all shifts up to ``max_shift`` px, rounded up to whole blocks
-   (see :func:`shifted_correlation`).
-4. **Groups**: pairs scoring at least ``threshold`` are edges; the groups are the connected
-   components of that graph (a full transitive closure, as union-find gives), with no size cap
-   that would split a large group back into leaking singletons.
+**Evidence.** ``aoi_groups.json`` lists, per group, ``joined_by`` (how many links of each kind
+hold it together, ``"single tile"`` or the pooled-unplaced label) and the links of a spanning
+tree of the group (exact links with many shared keys first) with their tiles, shared keys and
+offset, or correlation (:func:`group_evidence`); it also gives ``unplaced_aoi_id``.
+``aoi_report.json`` adds the counts (``n_unplaced``, ``links_by_evidence``) and the time of each
+step.
 
 ``aoi_id`` values are dense integers numbered in catalog order (train first, then tile id) of
 each group's first member, so the same data give the same ids.

@@ -331,7 +331,11 @@ def elevation_keys(dem: np.ndarray, params: AoiParams = AoiParams()) -> tuple[np
     ok &= _windows(values, p, np.maximum) - _windows(values, p, np.minimum) >= params.patch_min_range
     if not ok.any():
         return np.zeros(0, np.uint64), np.zeros((0, 2), np.int16)
-    grid = np.where(ok, patch_hashes(values, p), _NO_KEY)
+    # hash only the box holding every kept window (a mostly-water tile is a small box)
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    ok = ok[y0:y1, x0:x1]
+    grid = np.where(ok, patch_hashes(values[y0 : y1 + p - 1, x0 : x1 + p - 1], p), _NO_KEY)
     ys, xs = np.nonzero(ok)
     hashes = grid[ys, xs]
     # local minima: two crops share them wherever their overlap has terrain, however small
@@ -352,7 +356,7 @@ def elevation_keys(dem: np.ndarray, params: AoiParams = AoiParams()) -> tuple[np
     keep[unique[local[unique]]] = True  # ... and its local minima
     keep = np.flatnonzero(keep)
     keep = keep[np.argsort(hashes[keep], kind="stable")]
-    return hashes[keep], np.stack([ys[keep], xs[keep]], axis=1).astype(np.int16)
+    return hashes[keep], np.stack([ys[keep] + y0, xs[keep] + x0], axis=1).astype(np.int16)
 
 
 @dataclass

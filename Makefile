@@ -28,6 +28,7 @@ AVG_PREDS_VERSION ?= cv
 FOLD_RUN_DIRS ?= $(sort $(wildcard $(RUNS_DIR)/*fold*))
 FOLD_WEIGHTS ?=
 BENCH_ARGS ?=
+SYNTH_ARGS ?=
 
 .PHONY: help setup lock run test lint format bench clean synth check-data
 
@@ -74,8 +75,8 @@ clean: ## Remove caches (not data, runs or .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # ---- data ------------------------------------------------------------------------------------
-synth: $(STAMP) ## Generate the synthetic dataset into DATA_DIR (N_TRAIN, N_TEST, SEED)
-	$(KELPSEG) synth --data-dir $(DATA_DIR) --n-train $(N_TRAIN) --n-test $(N_TEST) --seed $(SEED) --workers $(WORKERS)
+synth: $(STAMP) ## Generate the synthetic dataset into DATA_DIR (N_TRAIN, N_TEST, SEED; SYNTH_ARGS="--max-crop-offset 116 --p-chain 0.3 ...")
+	$(KELPSEG) synth --data-dir $(DATA_DIR) --n-train $(N_TRAIN) --n-test $(N_TEST) --seed $(SEED) --workers $(WORKERS) $(SYNTH_ARGS)
 
 check-data: $(STAMP) ## Verify DATA_DIR against its metadata CSV (add CHECKSUMS=1 for md5)
 	$(KELPSEG) check-data --data-dir $(DATA_DIR) --workers $(WORKERS) $(if $(CHECKSUMS),--checksums,)

@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each comparison")
     parser.add_argument("--predict-tiles", type=int, default=16, help="test tiles per prediction timing")
+    parser.add_argument(
+        "--aoi-tiles", type=int, nargs="+", default=[1000, 7000], help="AOI grouping dataset sizes"
+    )
     args = parser.parse_args()
     quiet_libraries()  # the JSON lines, not Lightning's banners
     names = args.only or list(BENCHMARKS)

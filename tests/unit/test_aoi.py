@@ -145,21 +145,26 @@ def test_groups_are_transitive() -> None:
     np.testing.assert_array_equal(ids, [0, 0, 0])
 
 
-def test_featureless_tiles_are_singletons() -> None:
-    dems = featureless_dems() * 3
+def test_featureless_tiles_are_pooled_or_kept_alone() -> None:
+    dems = featureless_dems()[:-1] * 3  # the speck of land is matched exactly: see below
     descriptors = [aoi.describe_dem(d) for d in dems]
     assert not any(d.usable for d in descriptors)
-    ids = aoi.group_descriptors(descriptors).aoi_id
-    np.testing.assert_array_equal(ids, np.arange(len(dems)))
+    outcome = aoi.group_descriptors(descriptors)
+    assert outcome.unplaced.all()
+    specks = aoi.group_descriptors([aoi.describe_dem(featureless_dems()[-1])] * 2)
+    assert not specks.unplaced.any() and len(specks.links) == 1  # too little land to correlate
+    np.testing.assert_array_equal(outcome.aoi_id, np.zeros(len(dems)))  # one pool: never split apart
+    alone = aoi.group_descriptors(descriptors, aoi.AoiParams(pool_unplaced=False)).aoi_id
+    np.testing.assert_array_equal(alone, np.arange(len(dems)))
 
 
 def test_featureless_tiles_do_not_join_real_groups() -> None:
     dems, labels = fixture_dems(seed=5, n_aoi=6)
     blank = featureless_dems()
     ids = aoi.group_dems(dems + blank)
-    truth = np.concatenate([labels, 100 + np.arange(len(blank))])
-    assert adjusted_rand_score(truth, ids) >= 0.95
-    assert len(set(ids[len(dems) :])) == len(blank)
+    assert adjusted_rand_score(labels, ids[: len(dems)]) >= 0.95
+    assert len(set(ids[len(dems) :])) == 1  # the pool
+    assert not set(ids[len(dems) :]) & set(ids[: len(dems)])
 
 
 def test_zero_or_one_tile() -> None:
@@ -167,6 +172,7 @@ def test_zero_or_one_tile() -> None:
     dems, _ = fixture_dems(seed=8, n_aoi=1, max_dates=1)
     assert aoi.group_dems(dems[:1]).tolist() == [0]
     assert aoi.group_dems([*dems[:1], featureless_dems()[0]]).tolist() == [0, 1]
+    assert aoi.group_dems(featureless_dems()[:2]).tolist() == [0, 0]
 
 
 def test_ids_are_deterministic_and_numbered_by_first_member() -> None:
@@ -204,7 +210,7 @@ def write_dem_dataset(root: Path, dems: list[np.ndarray], n_train: int) -> tuple
 def grouped(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataLayout, aoi.AoiResult, dict[str, int]]:
     dems, labels = fixture_dems(seed=7, n_aoi=6, max_dates=3)
     dems = [*dems, *featureless_dems()[:2]]
-    labels = np.concatenate([labels, [100, 101]])
+    labels = np.concatenate([labels, [100, 100]])  # two dates of one open-water place
     layout, ids = write_dem_dataset(tmp_path_factory.mktemp("aoi"), dems, n_train=len(dems) - 4)
     truth = pd.DataFrame({"tile_id": ids, "split": "train", "aoi": [f"aoi_{x}" for x in labels]})
     layout.truth.mkdir(parents=True)
@@ -235,7 +241,23 @@ def test_group_aois_writes_table_json_and_report(grouped) -> None:
     assert report["n_tiles"] == len(truth) and report["n_groups"] == len(groups["groups"])
     assert sum(int(k) * v for k, v in report["group_size_histogram"].items()) == len(truth)
     assert report["n_unusable"] == 2
-    assert set(report["timings_s"]) == {"describe", "search", "verify", "components"}
+    assert groups["unplaced_aoi_id"] is not None
+    assert set(report["timings_s"]) == {"describe", "exact", "search", "verify", "components"}
+    assert report["n_unplaced"] == 2
+
+    # every group says how it was joined: a spanning tree of n - 1 links, or why it has none
+    evidence = groups["group_evidence"]
+    assert [g["aoi_id"] for g in evidence] == list(range(len(groups["groups"])))
+    for members, g in zip(groups["groups"], evidence, strict=True):
+        assert g["n_tiles"] == len(members)
+        if aoi.UNPLACED in g["joined_by"]:
+            assert g["aoi_id"] == groups["unplaced_aoi_id"] and g["links"] == []
+        elif len(members) == 1:
+            assert g["joined_by"] == {"single tile": 1} and g["links"] == []
+        else:
+            assert len(g["links"]) == len(members) - 1
+            assert {t for link in g["links"] for t in link["tiles"]} == set(members)
+            assert sum(g["joined_by"].values()) == len(members) - 1
 
 
 def test_group_aois_matches_truth(grouped) -> None:
@@ -250,9 +272,9 @@ def test_threshold_is_validated_and_recorded(grouped) -> None:
     layout, _, _ = grouped
     with pytest.raises(KelpsegError, match="threshold"):
         aoi.group_aois(layout, threshold=1.5, progress=False)
-    # threshold above any score: every tile alone
+    # threshold above any score: only exact-elevation links remain
     result = aoi.group_aois(layout, threshold=1.0, workers=1, progress=False)
-    assert result.n_groups == len(result.table)
+    assert "detail-correlation" not in result.report()["links_by_evidence"]
     assert json.loads(layout.aoi_groups_json.read_text())["threshold"] == 1.0
     aoi.group_aois(layout, progress=False, workers=1)  # leave the default outputs for other tests
 
@@ -283,3 +305,123 @@ def test_synthetic_dataset_groups_match_truth(tmp_path: Path) -> None:
     agreement = aoi.aoi_agreement(layout)
     assert agreement["n_tiles"] == 50
     assert agreement["ari"] >= 0.95
+
+
+# ---- exact-elevation keys and the project's generator at hard settings -------------------------
+def test_patch_hashes_depend_only_on_the_values() -> None:
+    rng = np.random.default_rng(9)
+    v = rng.integers(1, 500, size=(40, 40))
+    h = aoi.patch_hashes(v, 5)
+    assert h.shape == (36, 36)
+    np.testing.assert_array_equal(aoi.patch_hashes(v[7:, 3:], 5), h[7:, 3:])  # a crop: same hashes
+    assert len(np.unique(h)) == h.size
+    w = v.copy()
+    w[10, 10] += 1
+    changed = aoi.patch_hashes(w, 5) != h
+    assert changed.sum() == 25 and changed[6:11, 6:11].all()  # exactly the windows holding it
+
+
+def test_exact_links_find_large_offsets_and_misregistration() -> None:
+    """Crops 110 px apart (a third of a tile) plus a 2 px DEM shift are linked at the right offset."""
+    rng = np.random.default_rng(10)
+    canvas = coast_canvas(rng, land=0.5)
+    big = np.pad(canvas, ((0, 120), (0, 120)), mode="reflect")
+    a = big[0:TILE_SIZE, 0:TILE_SIZE]
+    b = big[110 : 110 + TILE_SIZE, 2 : 2 + TILE_SIZE]
+    other = coast_canvas(rng, land=0.5)[:TILE_SIZE, :TILE_SIZE]
+    d = [aoi.describe_dem(x) for x in (a, b, other)]
+    links = aoi.exact_links(d)
+    np.testing.assert_array_equal(links.pairs, [[0, 1]])
+    np.testing.assert_array_equal(links.offset, [[110, 2]])  # a's (y, x) is b's (y - 110, x - 2)
+    assert links.strength[0] >= 10
+    assert aoi.shifted_correlation(d[0].detail, d[1].detail, 2) < aoi.AoiParams().threshold  # too far
+
+
+def test_local_minimum_keys_link_a_small_overlap_with_a_large_tile() -> None:
+    """A tile whose only land is an 80 x 80 px piece of a mountainous tile: the tile-wide smallest
+    hashes of the large tile miss that piece, the local minima do not (and too few votes is no link)."""
+    rng = np.random.default_rng(12)
+    a = np.rint(1 + 200 * (fractal(rng, TILE_SIZE) + 5)).astype(np.float32)  # all land
+    b = np.zeros_like(a)
+    b[:80, 150:230] = a[100:180, 250:330]  # b's (y, x) is a's (y + 100, x + 100)
+    d = [aoi.describe_dem(x) for x in (a, b)]
+    links = aoi.exact_links(d)
+    np.testing.assert_array_equal(links.pairs, [[0, 1]])
+    np.testing.assert_array_equal(links.offset, [[100, 100]])
+    bottom_k = aoi.AoiParams(local_min_window=0)
+    assert len(aoi.exact_links([aoi.describe_dem(x, bottom_k) for x in (a, b)], bottom_k)) == 0
+
+
+HARD = {"max_crop_offset": 116, "p_dem_misregistration": 0.3, "p_chain": 0.3}
+
+
+def straddling_areas(tmp: Path, truth: pd.DataFrame, aoi_id: np.ndarray, n_splits: int = 10) -> int:
+    """True areas with training tiles on both sides of a fold of the real CV split over ``aoi_id``."""
+    from kelpseg.prep.split import make_cv_split
+
+    layout = DataLayout(tmp)
+    eda = pd.DataFrame(
+        {
+            "tile_id": truth["tile_id"],
+            "aoi_id": aoi_id,
+            "split": truth["split"],
+            "kelp_pixels_pct": np.where(truth["split"] == "train", 0.0, np.nan),
+            "high_kelp_pixels_pct": False,
+        }
+    )
+    layout.eda_dir.mkdir(parents=True)
+    eda.to_parquet(layout.eda_stats)
+    split = pd.read_parquet(make_cv_split(layout, n_splits=n_splits, stratification_columns=()))
+    split = split.merge(truth[["tile_id", "aoi"]], on="tile_id")
+    train = split[split["original_split"] == "train"]
+    return sum(int((train.groupby("aoi")[f"split_{k}"].nunique() > 1).sum()) for k in range(n_splits))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generator_hard_revisits_are_grouped_without_straddles(tmp_path: Path, seed: int) -> None:
+    """Offsets up to a third of a tile, 1-2 px DEM misregistration and chains of crops."""
+    from kelpseg.synthetic import SynthConfig, generate_dems
+
+    truth, dems = generate_dems(120, 30, seed, SynthConfig(**HARD))
+    assert truth["shift_x"].max() > 300 and (truth["dem_dx"] != 0).any()  # the hard cases are there
+    ids = aoi.group_dems(dems)
+    n_true, n_found = truth["aoi"].nunique(), len(set(ids))
+    assert n_true >= 25
+    assert adjusted_rand_score(truth["aoi"], ids) >= 0.99
+    assert n_true <= n_found <= 1.05 * n_true
+    assert straddling_areas(tmp_path, truth, ids) == 0
+
+
+def test_generator_open_water_is_pooled(tmp_path: Path) -> None:
+    """Open-water tiles (no terrain) share one group, so no open-water area straddles a fold."""
+    from kelpseg.synthetic import SynthConfig, generate_dems
+
+    truth, dems = generate_dems(120, 30, 3, SynthConfig(**HARD, p_open_water=0.15))
+    outcome = aoi.group_descriptors([aoi.describe_dem(d) for d in dems])
+    open_water = (
+        truth["aoi"].isin([a for a, g in truth.groupby("aoi") if (dems[g.index] <= 0).all()]).to_numpy()
+    )
+    assert open_water.sum() >= 5
+    assert outcome.unplaced[open_water].all()
+    assert len(set(outcome.aoi_id[open_water])) == 1
+    placed = ~outcome.unplaced
+    assert adjusted_rand_score(truth["aoi"][placed], outcome.aoi_id[placed]) >= 0.99
+    assert straddling_areas(tmp_path, truth, outcome.aoi_id) == 0
+
+
+def test_generator_defaults_are_unchanged(tmp_path: Path) -> None:
+    """The revisit knobs off, the generator writes what it always wrote (tiles, masks, truth)."""
+    import hashlib
+
+    import rasterio
+
+    from kelpseg.synthetic import generate_dataset
+
+    generate_dataset(tmp_path, 6, 3, seed=5, workers=1, progress=False)
+    h = hashlib.sha256()
+    for path in sorted(tmp_path.rglob("*.tif")):
+        with rasterio.open(path) as src:
+            h.update(path.relative_to(tmp_path).as_posix().encode())
+            h.update(np.ascontiguousarray(src.read()).tobytes())
+    h.update((tmp_path / "truth" / "aoi_membership.csv").read_bytes())
+    assert h.hexdigest() == "a5829097987a17cf886478bd90a440a638d224995d870a769de7b2a11f3e10a0"

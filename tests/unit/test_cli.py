@@ -263,3 +263,19 @@ def test_scene_commands_receive_the_scene_and_inference_options(tmp_path: Path, 
     assert opts.inference.tta and opts.inference.batch_size == 4 and opts.inference.num_workers == 0
     series_opts, series_kwargs = seen["series"]
     assert series_opts == opts and series_kwargs == {"ray": True, "ray_address": None}
+
+
+def test_synth_revisit_knobs(tmp_path: Path) -> None:
+    """--max-crop-offset reaches the generator (offsets past the default 6 px); 200 is refused."""
+    import pandas as pd
+
+    out = kelpseg(
+        "synth", "--data-dir", str(tmp_path), "--n-train", "12", "--n-test", "3", "--quiet",
+        "--max-crop-offset", "60", "--p-chain", "0.5", "--p-dem-misregistration", "0.5", "--workers", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    truth = pd.read_csv(tmp_path / "truth" / "aoi_membership.csv")
+    assert len(truth) == 15 and truth[["shift_x", "shift_y"]].to_numpy().max() > 6
+    bad = kelpseg("synth", "--data-dir", str(tmp_path / "b"), "--n-train", "2", "--max-crop-offset", "200")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "max_crop_offset must be in [0, 116], got 200" in " ".join(bad.stderr.split())

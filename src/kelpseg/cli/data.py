@@ -22,12 +22,39 @@ def synth_cmd(
     ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a preview PNG here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing raw/ and truth/ data.")] = False,
+    max_crop_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--max-crop-offset", min=0, help="Largest crop offset (px) of a date in its AOI, up to 116."
+        ),
+    ] = None,
+    p_chain: Annotated[
+        float | None,
+        typer.Option("--p-chain", min=0.0, max=1.0, help="Share of AOIs that are chains of crops."),
+    ] = None,
+    p_dem_misregistration: Annotated[
+        float | None,
+        typer.Option(
+            "--p-dem-misregistration", min=0.0, max=1.0, help="Share of dates whose DEM is shifted 1-2 px."
+        ),
+    ] = None,
+    p_open_water: Annotated[
+        float | None,
+        typer.Option("--p-open-water", min=0.0, max=1.0, help="Share of AOIs with no land (open water)."),
+    ] = None,
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Generate a synthetic dataset in the exact competition layout (with truth/ for evaluation)."""
-    from kelpseg.synthetic import generate_dataset, write_preview
+    from kelpseg.synthetic import SynthConfig, generate_dataset, write_preview
 
+    knobs = {
+        "max_crop_offset": max_crop_offset,
+        "p_chain": p_chain,
+        "p_dem_misregistration": p_dem_misregistration,
+        "p_open_water": p_open_water,
+    }
+    config = SynthConfig(**{k: v for k, v in knobs.items() if v is not None})
     summary = generate_dataset(
         data_dir,
         n_train,
@@ -37,6 +64,7 @@ def synth_cmd(
         workers=workers,
         progress=not quiet,
         overwrite=overwrite,
+        config=config,
     )
     console.print(
         f"[green]wrote[/] {summary.n_train} train + {summary.n_test} test tiles "

@@ -41,9 +41,11 @@ def aoi_grouping_cmd(
     layout = DataLayout(data_dir)
     result = group_aois(layout, threshold=threshold, workers=workers, progress=not quiet)
     rep = result.report()
+    pooled = "pooled in one group" if rep["unplaced_aoi_id"] is not None else "each kept alone"
+    unplaced = f"{rep['n_unplaced']} unplaced, {pooled}" if rep["n_unplaced"] else "none unplaced"
     console.print(
         f"[green]{rep['n_groups']} AOI groups[/] over {rep['n_tiles']} tiles "
-        f"({rep['n_unusable']} without usable terrain kept alone; largest group {rep['largest_group']}); "
+        f"({rep['n_unusable']} without usable terrain, {unplaced}; largest group {rep['largest_group']}); "
         f"{rep['seconds_per_1000_tiles']:.1f} s per 1,000 tiles"
     )
     console.print(f"wrote {layout.aoi_table} and {layout.aoi_groups_json}")

@@ -19,7 +19,10 @@ Steps
    val of a fold, and each fold's val set follows the key distribution of all tiles as closely
    as the groups allow. The reference instead gave each AOI the most frequent key of its tiles
    and stratified the AOIs: that ignores AOI sizes (a fold can get many more tiles than
-   another) and the minority keys inside large AOIs.
+   another) and the minority keys inside large AOIs. Tiles the AOI grouping could not place
+   (no usable terrain, no link; see :mod:`kelpseg.prep.aoi`) share one pooled ``aoi_id``, so
+   they are one group here too: all of them go to the same validation fold, and several dates
+   of one unrecognisable place can never be on both sides of a fold.
 4. Random hold-out (``make_random_split``): the same splitter with ``n`` folds, taking ``m`` of
    them as val, where ``n = max(20, round(1 / val_share))`` (at most the number of groups) and
    ``m = round(n * val_share)``; the val share is thus rounded to a multiple of ``1/n``. Unlike

@@ -54,19 +54,31 @@ def write_dataset(root: Path, train_ids: list[str], test_ids: list[str], seed: i
     return layout
 
 
-def prepared_synthetic(root: Path, n_train: int, n_test: int, n_folds: int, seed: int) -> DataLayout:
-    """Generate a tiny synthetic dataset and run the preparation stages (2-index band stats)."""
+def prepared_synthetic(
+    root: Path,
+    n_train: int,
+    n_test: int,
+    n_folds: int,
+    seed: int,
+    indices: list[str] | None = None,
+    synth: object | None = None,
+) -> DataLayout:
+    """Generate a tiny synthetic dataset and run the preparation stages.
+
+    Band stats cover ``indices`` (default: DEMWM and NDVI, what ``tiny_train_config`` uses);
+    ``synth`` is a ``kelpseg.synthetic.SynthConfig`` (default: the generator's defaults).
+    """
     from kelpseg.prep.aoi import group_aois
     from kelpseg.prep.band_stats import compute_band_stats
     from kelpseg.prep.eda import run_eda
     from kelpseg.prep.split import make_cv_split
     from kelpseg.synthetic import generate_dataset
 
-    generate_dataset(root, n_train, n_test, seed=seed, workers=2, progress=False)
+    generate_dataset(root, n_train, n_test, seed=seed, workers=2, progress=False, config=synth)
     layout = DataLayout(root)
     group_aois(layout, workers=2, progress=False)
     run_eda(layout, workers=2, progress=False)
-    compute_band_stats(layout, indices=["DEMWM", "NDVI"], workers=2, progress=False)
+    compute_band_stats(layout, indices=indices or ["DEMWM", "NDVI"], workers=2, progress=False)
     make_cv_split(layout, n_splits=n_folds)
     return layout
 

@@ -2,8 +2,10 @@
 
 Kelp canopy floats on the sea and reflects near-infrared like land vegetation, so a single
 NDVI threshold restricted to water pixels (DEM <= 0 or DEM nodata) with a clear QA flag is
-the natural yardstick for a learned model. The threshold is fitted on training tiles (exact
-global Dice for every grid value in one pass), then scored on other tiles.
+the natural yardstick for a learned model. The threshold is fitted on a set of tiles (exact
+global Dice for every grid value in one pass), then scored on other tiles. To compare it with a
+model like with like, fit both thresholds on the same tiles: ``kelpseg run`` fits the NDVI
+threshold on each fold's validation tiles, where the run's own threshold is picked.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def fit_ndvi_baseline(
     workers: int = 2,
     progress: bool = True,
 ) -> NdviBaseline:
-    """Fit the NDVI threshold that maximises global kelp Dice on the given (training) tiles."""
+    """Fit the NDVI threshold that maximises global kelp Dice on the given tiles.
+
+    ``train_dice`` of the result is that best Dice on those same tiles.
+    """
     pairs = list(zip(image_paths, mask_paths, strict=True))
     total = ThresholdAccumulator(_score_grid(grid))
     for acc in pmap(partial(_accumulate, grid=grid), pairs, workers, progress, "ndvi baseline fit"):

@@ -138,7 +138,8 @@ def _worker_cpu_per_tile(paths: tuple[str, ...], indices: list[str]) -> tuple[fl
     from threadpoolctl import threadpool_limits
 
     from kelpseg.io.tiles import read_tile
-    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate, keep_freed_memory
+    from kelpseg.memory import keep_freed_memory
+    from kelpseg.prep.band_stats import _Job, _resolve_indices, accumulate
 
     keep_freed_memory()
     job = _Job(paths, _resolve_indices(indices), "nan", True, True)

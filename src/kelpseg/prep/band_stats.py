@@ -58,13 +58,11 @@ timestamp: the same tiles and options give the same bytes.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
 import pickle
 import queue as queue_mod
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +87,7 @@ from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
 from kelpseg.io.tiles import raw_to_float, read_raw_tile
 from kelpseg.layout import FILL_VALUE_NAMES, DataLayout
+from kelpseg.memory import keep_freed_memory
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
 
@@ -580,32 +579,6 @@ def accumulate(job: _Job, on_progress: Callable[[int], None] | None = None) -> S
         if on_progress is not None:
             on_progress(len(chunk))
     return state
-
-
-#: glibc ``mallopt`` parameters (malloc.h) and the values a worker sets.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_WORKER_MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit systems
-_WORKER_TRIM_THRESHOLD = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed blocks for reuse in this process instead of returning them to the
-    kernel; True if it took effect (Linux with glibc), False elsewhere (then nothing changes).
-
-    A batch allocates and frees tens of MB of temporaries (a float copy of the tiles, gathered
-    bands, each index). By default glibc serves blocks that large with ``mmap`` and unmaps them
-    on free (or trims the heap), so every batch pays a fresh page fault per 4 KiB: measured, a
-    fifth to a third of a worker's CPU time, all of it in the kernel. Peak memory is unchanged;
-    the worker just keeps it until it exits. Called in band-stats worker processes only.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD)
-        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, _WORKER_TRIM_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
 
 
 def _worker(worker_id: int, job: _Job, results: Any) -> None:

@@ -11,7 +11,6 @@ valid pixel, or (with a DEM) only land, are not sent through the model (probabil
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import math
@@ -36,6 +35,7 @@ from kelpseg.errors import KelpsegError
 from kelpseg.infer.engine import build_runner, resolve_backend
 from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve_device
 from kelpseg.io.native_stderr import held_native_stderr
+from kelpseg.memory import release_free_heap
 from kelpseg.parallel import process_context
 from kelpseg.progress import bar as progress_bar
 from kelpseg.scene.c2l2 import DEFAULT_QA_BITS, SceneSource, open_scene
@@ -176,29 +176,6 @@ def _runner(run: Any, backend: str, device: torch.device) -> Any:
     if key not in runners:
         runners[key] = build_runner(run, backend, device)
     return runners[key]
-
-
-def release_free_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; nothing elsewhere).
-
-    A batch's activations are freed after every batch, but glibc keeps the freed pages of its
-    heap mapped, and batches of different sizes (windows skipped as fill or land) fragment it:
-    without trimming, RSS creeps up with the number of batches, i.e. with the scene's size.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 # ---- reading windows in workers ----------------------------------------------------------------

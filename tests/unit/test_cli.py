@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from builders import write_dataset
 
 STAGES = (
@@ -279,3 +281,24 @@ def test_synth_revisit_knobs(tmp_path: Path) -> None:
     bad = kelpseg("synth", "--data-dir", str(tmp_path / "b"), "--n-train", "2", "--max-crop-offset", "200")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "max_crop_offset must be in [0, 116], got 200" in " ".join(bad.stderr.split())
+
+
+def test_tables_in_a_log_are_not_cut_to_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from rich.table import Table
+
+    cli_app = importlib.import_module("kelpseg.cli.app")  # the module (kelpseg.cli.app is also the Typer)
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = cli_app._console()  # stdout is not a terminal under pytest
+    assert console.width == cli_app.LOG_WIDTH
+    table = Table()
+    for name in ("fold", "val_tiles", "val_dice", "ndvi_val_dice", "check", "learning", "retries"):
+        table.add_column(name)
+    table.add_row("0", "29", "0.8767", "0.8675", "ok", "ok", "0")
+    with console.capture() as captured:
+        console.print(table)
+    assert "ndvi_val_dice" in captured.get() and "…" not in captured.get()
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli_app._console().width == 100

@@ -11,6 +11,7 @@ value: :class:`kelpseg.errors.UsageError`, and click's own). Problems go to stde
 """
 
 import logging
+import os
 import sys
 import warnings
 from typing import Annotated
@@ -29,8 +30,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
+#: Line width of tables and messages written to a file or pipe (rich's default there is 80, which
+#: cut the fold table's headers to "val_t…" in a ``make run`` log). ``COLUMNS`` still wins.
+LOG_WIDTH = 160
+
+
+def _console(stderr: bool = False) -> Console:
+    from kelpseg.progress import is_terminal
+
+    stream = sys.stderr if stderr else sys.stdout
+    if is_terminal(stream) or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=LOG_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 LOGGER = "kelpseg"
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)

@@ -14,7 +14,7 @@ import torch
 
 from builders import tiny_run_dir
 from kelpseg.errors import KelpsegError
-from kelpseg.infer.predict import InferenceOptions, predict_folder
+from kelpseg.infer.predict import InferenceOptions, predict_folder, transforms_in_workers
 from kelpseg.io.tiles import write_geotiff
 from kelpseg.scene.c2l2 import open_scene
 from kelpseg.scene.mapping import (
@@ -60,9 +60,11 @@ class _Capture:
         self.rows_seen += strip.prob.shape[0]
 
 
-def _stitched(scene_folder: Path, run_dir: Path, overlap: float) -> tuple[np.ndarray, list]:
+def _stitched(
+    scene_folder: Path, run_dir: Path, overlap: float, inference: InferenceOptions = FAST
+) -> tuple[np.ndarray, list]:
     source = open_scene(scene_folder)
-    options = SceneOptions(overlap=overlap, skip_land=False, inference=FAST)
+    options = SceneOptions(overlap=overlap, skip_land=False, inference=inference)
     runs, weights, _, _ = load_members([run_dir], options)
     grid = window_grid(source.height, source.width, 350, overlap)
     capture = _Capture(source.height, source.width)
@@ -95,6 +97,16 @@ def test_zero_overlap_stitching_equals_predict_on_the_same_windows(
             tile = src.read(1)
         h, w = min(350, source.height - r), min(350, source.width - c)
         np.testing.assert_allclose(stitched[r : r + h, c : c + w], tile[:h, :w], rtol=0, atol=1e-6)
+
+
+def test_inputs_built_in_loader_workers_equal_the_main_process_path(scene, run_dir: Path) -> None:
+    """With a loader worker the model inputs are built there (the collate step); same stitch."""
+    in_main, _ = _stitched(scene.folder, run_dir, 0.5)
+    workers = InferenceOptions(num_workers=1, progress=False, batch_size=4)
+    in_worker, _ = _stitched(scene.folder, run_dir, 0.5, workers)
+    assert transforms_in_workers(workers, torch.device("cpu"))
+    assert np.isfinite(in_worker).all() and in_worker.max() > 0
+    np.testing.assert_allclose(in_worker, in_main, rtol=0, atol=1e-6)
 
 
 def test_half_overlap_has_no_seams(scene, run_dir: Path) -> None:

@@ -58,3 +58,45 @@ def test_strips_must_come_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"10 of {HEIGHT} rows written"):
         writer.finish({"scene_id": "S"}, min_mapping_unit=1)
     writer.close()
+
+
+def test_mean_probabilities_per_polygon_in_strips(tmp_path: Path) -> None:
+    """Each polygon's mean over the pixels whose centres it holds, nodata left out, whatever the
+    strip height (polygons crossing strip borders, a hole, a polygon of nodata only)."""
+    from shapely.geometry import Polygon, box
+
+    from kelpseg.scene.outputs import mean_probabilities
+
+    transform = rasterio.Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 3_800_000.0)
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 101, (20, 16)).astype(np.uint8)
+    data[12:14, 0:2] = NODATA
+    data[5, 5] = NODATA
+    path = tmp_path / "p.tif"
+    profile = {"driver": "GTiff", "width": 16, "height": 20, "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, transform=transform, nodata=NODATA) as dst:
+        dst.write(data, 1)
+
+    def cells(r0: int, c0: int, r1: int, c1: int) -> Polygon:  # pixel rows r0..r1-1, cols c0..c1-1
+        x0, y0 = transform @ (c0, r0)
+        x1, y1 = transform @ (c1, r1)
+        return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    ring = cells(2, 2, 9, 9).difference(cells(4, 4, 6, 6))  # a hole of 2 x 2 pixels
+    geoms = [ring, cells(8, 10, 18, 12), cells(12, 0, 14, 2), cells(19, 15, 20, 16)]
+    inside = np.zeros((4, 20, 16), bool)
+    inside[0, 2:9, 2:9] = True
+    inside[0, 4:6, 4:6] = False
+    inside[1, 8:18, 10:12] = True
+    inside[2, 12:14, 0:2] = True
+    inside[3, 19, 15] = True
+    expected = []
+    for k in range(4):
+        values = data[inside[k] & (data != NODATA)].astype(float)
+        expected.append(values.mean() / 100 if values.size else np.nan)
+    assert np.isnan(expected[2]) and not np.isnan(expected[0])
+    with rasterio.open(path) as prob:
+        for strip_rows in (3, 7, 512):
+            got = mean_probabilities(prob, geoms, strip_rows=strip_rows)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12, equal_nan=True)
+        assert mean_probabilities(prob, []).shape == (0,)

@@ -99,7 +99,7 @@ def test_training_batch_is_cropped_and_augmented_consistently() -> None:
 def test_batch_transformed_in_the_workers_trains_on_the_same_input() -> None:
     """A batch carrying ``input`` (the loader workers' transform, see TransformingCollate) gives the
     training step exactly the input and mask it computes itself from the raw tiles."""
-    from kelpseg.train.datamodule import TransformingCollate
+    from kelpseg.train.transforms import TransformingCollate
 
     config = tiny_config(train_crop_size=None)
     module_a = KelpSegmentationModule(config, fake_band_stats())

@@ -745,9 +745,10 @@ def qa_ok_mask(x: Array, positions: Mapping[str, int]) -> Array:
     return _band(x, positions, "QA", "the QA mask") == 0
 
 
-def _keep_mask(
+def keep_mask(
     x: Array, positions: Mapping[str, int], mask_using_qa: bool, mask_using_water_mask: bool
 ) -> Array | None:
+    """Pixels where maskable indices are computed (QA clear and/or water); None when nothing is masked."""
     keep = None
     if mask_using_qa:
         keep = qa_ok_mask(x, positions)
@@ -803,7 +804,7 @@ def _compute_block(
 ) -> Array:
     """The indices of one (n, C, h, w) block as (n, len(specs), h, w)."""
     with np.errstate(all="ignore"):
-        keep = _keep_mask(x, positions, mask_using_qa, mask_using_water_mask)
+        keep = keep_mask(x, positions, mask_using_qa, mask_using_water_mask)
         out = []
         for spec in specs:
             value = spec.func(**{b: x[:, positions[b]] for b in spec.needs})

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from kelpseg.bands import BAND_INDEX, N_BANDS, TILE_SIZE
 from kelpseg.errors import KelpsegError, TileError
@@ -47,6 +47,7 @@ from kelpseg.io.atomic import ensure_writable, write_json
 from kelpseg.io.tiles import tile_info, write_mask, write_probability
 from kelpseg.layout import IMAGE_SUFFIX, DataLayout, RunLayout, mask_name, tile_id_from_path
 from kelpseg.parallel import pmap, process_context
+from kelpseg.train.transforms import TransformingCollate
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,6 @@ class _TileReader(Dataset[dict[str, Any]]):
                 "error": str(exc),
             }
         return item
-
-
-class _TransformingCollate:
-    """DataLoader ``collate_fn`` that also applies the run's input transform to the batch (in the
-    worker, with the worker's single thread): ``batch["input"]`` is the model input."""
-
-    def __init__(self, transform: torch.nn.Module) -> None:
-        self.transform = transform
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = default_collate(items)
-        with torch.inference_mode():
-            batch["input"] = self.transform(batch["image"])
-        return batch
 
 
 def transforms_in_workers(options: InferenceOptions, device: torch.device) -> bool:
@@ -248,7 +235,7 @@ def iter_probabilities(
         _TileReader(image_paths, mask_paths),
         batch_size=options.batch_size,
         num_workers=workers,
-        collate_fn=_TransformingCollate(run.transform.cpu().eval()) if in_workers else None,
+        collate_fn=TransformingCollate(run.transform.cpu().eval()) if in_workers else None,
         multiprocessing_context=process_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -79,9 +79,8 @@ from kelpseg.features.indices import (
     compute_indices,
     cpu_blocks,
     get_index,
-    qa_ok_mask,
+    keep_mask,
     validate_index_names,
-    water_mask,
 )
 from kelpseg.io.atomic import write_text
 from kelpseg.io.catalog import train_catalog
@@ -507,12 +506,7 @@ def _counted_index_values(
     masked_needs = sorted({b for s in specs if s.maskable for b in s.needs})
     n, _, height, width = x.shape
     full = {b: x[:, positions[b]] for b in BANDS}
-    keep = None
-    if mask_using_qa:
-        keep = qa_ok_mask(x, positions)
-    if mask_using_water_mask:
-        water = water_mask(x, positions)
-        keep = water if keep is None else keep & water
+    keep = keep_mask(x, positions, mask_using_qa, mask_using_water_mask)
     blocks = [images for images, _ in cpu_blocks(n, height, width)] if height * width < _ROWS_SPLIT else None
     if blocks is None:  # large images: blocks of rows, as compute_indices makes them
         yield from _counted_index_values_by_rows(x, specs, keep, masked_needs, positions)

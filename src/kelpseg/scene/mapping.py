@@ -28,12 +28,17 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kelpseg.bands import BAND_INDEX, BANDS, FILL_VALUE, TILE_SIZE
 from kelpseg.errors import KelpsegError
 from kelpseg.infer.engine import build_runner, resolve_backend
-from kelpseg.infer.predict import InferenceOptions, model_probabilities, resolve_device
+from kelpseg.infer.predict import (
+    InferenceOptions,
+    model_probabilities,
+    resolve_device,
+    transforms_in_workers,
+)
 from kelpseg.io.native_stderr import held_native_stderr
 from kelpseg.memory import release_free_heap
 from kelpseg.parallel import process_context
@@ -140,6 +145,28 @@ def load_members(
     return runs, [float(w) for w in weights], float(value), source
 
 
+def window_model_input(transform: Any, raw: torch.Tensor) -> torch.Tensor:
+    """Raw windows (N, 7, S, S), NaN at fill -> the model input of a run's ``transform``.
+
+    Windows larger than the run's padded tile size get its features and normalisation, then a
+    pad to the next multiple of 32 (the encoder's stride) instead of the run's fixed pad.
+    """
+    size = raw.shape[-1]
+    if transform.resize_strategy == "pad" and size > transform.image_size:
+        x = transform.normalize(transform.features(raw))
+        top, bottom = pad_amounts(size, int(math.ceil(size / 32) * 32))
+        return F.pad(x, (top, bottom, top, bottom), value=0.0)
+    return transform(raw)
+
+
+def window_output(transform: Any, prob: torch.Tensor, size: int) -> torch.Tensor:
+    """Probabilities (N, 1, H', W') of :func:`window_model_input`'s batch -> (N, S, S) windows."""
+    if transform.resize_strategy == "pad" and size > transform.image_size:
+        top, _ = pad_amounts(size, int(math.ceil(size / 32) * 32))
+        return prob[:, 0, top : top + size, top : top + size]
+    return transform.unpad(prob, size=size)[:, 0]
+
+
 def window_probabilities(
     run: Any, raw: torch.Tensor, options: InferenceOptions, model: Any = None
 ) -> torch.Tensor:
@@ -149,17 +176,8 @@ def window_probabilities(
     runner, :func:`kelpseg.infer.engine.build_runner`); default the run's PyTorch model.
     """
     model = run.model if model is None else model
-    transform = run.transform
-    size = raw.shape[-1]
-    if transform.resize_strategy == "pad" and size > transform.image_size:
-        x = transform.normalize(transform.features(raw))
-        target = int(math.ceil(size / 32) * 32)
-        top, bottom = pad_amounts(size, target)
-        x = F.pad(x, (top, bottom, top, bottom), value=0.0)
-        prob = model_probabilities(model, x, options)
-        return prob[:, 0, top : top + size, top : top + size]
-    prob = model_probabilities(model, transform(raw), options)
-    return transform.unpad(prob, size=size)[:, 0]
+    x = window_model_input(run.transform, raw)
+    return window_output(run.transform, model_probabilities(model, x, options), raw.shape[-1])
 
 
 def _runner(run: Any, backend: str, device: torch.device) -> Any:
@@ -179,6 +197,26 @@ def _runner(run: Any, backend: str, device: torch.device) -> Any:
 
 
 # ---- reading windows in workers ----------------------------------------------------------------
+class _WindowCollate:
+    """DataLoader ``collate_fn`` that also builds each member's model input from the windows not
+    skipped, in the loader worker (as tile prediction does, see ``transform_in_workers``):
+    ``batch["inputs"][m]`` is member ``m``'s input for ``batch["image"][~batch["skip"]]``."""
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(items)
+        todo = torch.nonzero(~batch["skip"]).flatten()
+        with torch.no_grad():
+            if todo.numel():
+                raw = batch["image"][todo]
+                batch["inputs"] = [window_model_input(t, raw) for t in self.transforms]
+            else:
+                batch["inputs"] = []
+        return batch
+
+
 class _WindowReader(Dataset[dict[str, Any]]):
     """Windows of a scene region as raw float tiles (NaN at fill), their pixel classes and a skip flag."""
 
@@ -445,15 +483,18 @@ def _predict_into(
     weight_sum = float(sum(w for _, w in members))
     workers = max(0, int(inference.num_workers))
     dataset = _WindowReader(source, options.dem, origin, grid, options.skip_land)
+    used = [r for r, w in zip(runs, weights, strict=True) if w > 0]
+    in_workers = transforms_in_workers(inference, device)
+    collate = _WindowCollate([r.transform.cpu().eval() for r in used]) if in_workers else None
     loader = DataLoader(
         dataset,
         batch_size=inference.batch_size,
         num_workers=workers,
+        collate_fn=collate,
         multiprocessing_context=process_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
     acc = StripAccumulator(grid.height, grid.width, grid.size, blend_weights(grid.size, grid.overlap))
-    used = [r for r, w in zip(runs, weights, strict=True) if w > 0]
     skipped = 0
     bar = progress_bar(len(dataset), desc="scene", enabled=inference.progress, unit="window")
     try:
@@ -468,8 +509,13 @@ def _predict_into(
                 if todo.size:
                     raw = batch["image"][todo].to(device, non_blocking=True)
                     total = None
-                    for run, (model, w) in zip(used, members, strict=True):
-                        p = window_probabilities(run, raw, inference, model) * w
+                    for m, (run, (model, w)) in enumerate(zip(used, members, strict=True)):
+                        if in_workers:
+                            x = batch["inputs"][m]
+                            prob = model_probabilities(model, x, inference)
+                            p = window_output(run.transform, prob, grid.size) * w
+                        else:
+                            p = window_probabilities(run, raw, inference, model) * w
                         total = p if total is None else total + p
                     assert total is not None
                     mean = total / weight_sum

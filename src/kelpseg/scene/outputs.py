@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ class SceneWriter:
             "blockxsize": BLOCK,
             "blockysize": BLOCK,
             "compress": "deflate",
+            "zlevel": 1,
             "BIGTIFF": "IF_SAFER",
         }
         #: Full-disk lines libtiff printed during the writes (see :mod:`kelpseg.io.native_stderr`).
@@ -224,6 +226,7 @@ class SceneWriter:
         self.per_aoi = [AreaCounts() for _ in self.aoi]
         #: The output being written now (named by a write failure).
         self.writing = "probability"
+        self._cog_writing = "probability"
 
     def _aoi_ids(self, strip: Strip) -> np.ndarray | None:
         """(n, width) int32: 1-based index of the first AOI polygon holding each pixel, 0 outside."""
@@ -313,7 +316,31 @@ class SceneWriter:
     def _finish(self, meta: dict[str, Any], min_mapping_unit: int) -> dict[str, Any]:
         paths = output_paths(self.staging, self.scene_id)
         tags = {**self.tags, "threshold": str(self.threshold), "scene_id": self.scene_id}
-        self.writing = "probability"
+        # The two COGs are written by a thread while the polygons are made here: GDAL works
+        # without the GIL, and the polygons read the staged probabilities (the same values).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            cogs = pool.submit(self._write_cogs, paths, tags)
+            self.writing = "polygons"
+            stats = write_polygons(
+                self.staging / "kelp01.raw.tif",
+                self.staging / "probability.raw.tif",
+                paths["polygons"],
+                self.crs,
+                min_mapping_unit,
+                meta,
+            )
+            try:
+                cogs.result()
+            except BaseException:
+                self.writing = self._cog_writing
+                raise
+        for name in ("probability.raw.tif", "mask.raw.tif", "kelp01.raw.tif"):
+            (self.staging / name).unlink(missing_ok=True)
+        self.writing = "scene_summary"
+        return stats
+
+    def _write_cogs(self, paths: dict[str, Path], tags: dict[str, str]) -> None:
+        self._cog_writing = "probability"
         _to_cog(
             self.staging / "probability.raw.tif",
             paths["probability"],
@@ -321,7 +348,7 @@ class SceneWriter:
             "AVERAGE",
             description="kelp probability (percent)",
         )
-        self.writing = "mask"
+        self._cog_writing = "mask"
         _to_cog(
             self.staging / "mask.raw.tif",
             paths["mask"],
@@ -330,19 +357,6 @@ class SceneWriter:
             colors=MASK_COLORS,
             description="kelp mask (1 kelp, 0 not kelp)",
         )
-        self.writing = "polygons"
-        stats = write_polygons(
-            self.staging / "kelp01.raw.tif",
-            paths["probability"],
-            paths["polygons"],
-            self.crs,
-            min_mapping_unit,
-            meta,
-        )
-        for name in ("probability.raw.tif", "mask.raw.tif", "kelp01.raw.tif"):
-            (self.staging / name).unlink(missing_ok=True)
-        self.writing = "scene_summary"
-        return stats
 
 
 def _to_cog(
@@ -393,11 +407,26 @@ def _to_lonlat(crs: Any) -> Any:
 
 def geodesic_area_perimeter(geom: Any, transformer: Any) -> tuple[float, float]:
     """(area m², perimeter m) of a shapely polygon in the scene CRS, on the WGS84 ellipsoid."""
+    (area,), (perimeter,) = geodesic_areas_perimeters([geom], transformer)
+    return float(area), float(perimeter)
+
+
+def geodesic_areas_perimeters(geoms: Sequence[Any], transformer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(areas m², perimeters m) of shapely polygons in the scene CRS, on the WGS84 ellipsoid.
+
+    All coordinates go through the transformer in one call; the ellipsoid sums are per polygon.
+    """
     import shapely
 
-    lonlat = shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
-    area, perimeter = _geod().geometry_area_perimeter(lonlat)
-    return abs(float(area)), float(perimeter)
+    if not len(geoms):
+        return np.zeros(0), np.zeros(0)
+    lonlat = shapely.transform(
+        np.asarray(geoms, dtype=object),
+        lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])),
+    )
+    geod = _geod()
+    measured = np.array([geod.geometry_area_perimeter(g) for g in lonlat], np.float64).reshape(-1, 2)
+    return np.abs(measured[:, 0]), measured[:, 1]
 
 
 def write_polygons(
@@ -413,9 +442,9 @@ def write_polygons(
     import shapely
     from shapely.geometry import shape
 
-    transformer = _to_lonlat(crs)
-    rows: list[dict[str, Any]] = []
     geoms = []
+    n_pixels: list[int] = []
+    shapes_geojson: list[dict[str, Any]] = []  # the same polygons, as rasterio burns them fastest
     dropped = 0
     acquired = " ".join(str(meta.get(k) or "") for k in ("date", "time")).strip()
     with rasterio.open(kelp_path) as kelp, rasterio.open(prob_path) as prob:
@@ -423,27 +452,28 @@ def write_polygons(
         band = rasterio.band(kelp, 1)
         for geojson, _ in rasterio.features.shapes(band, mask=band, connectivity=8, transform=kelp.transform):
             geom = shape(geojson)
-            n_pixels = round(geom.area / pixel)
-            if n_pixels < min_mapping_unit:
+            count = round(geom.area / pixel)
+            if count < min_mapping_unit:
                 dropped += 1
                 continue
-            area, perimeter = geodesic_area_perimeter(geom, transformer)
-            rows.append(
-                {
-                    "area_m2": area,
-                    "area_ha": area / 1e4,
-                    "perimeter_m": perimeter,
-                    "n_pixels": n_pixels,
-                    "mean_probability": _mean_probability(prob, geom),
-                    "scene_id": str(meta.get("scene_id", "")),
-                    "sensor": str(meta.get("sensor", "")),
-                    "acquired": acquired,
-                }
-            )
             geoms.append(geom)
+            n_pixels.append(count)
+            shapes_geojson.append(geojson)
+        means = mean_probabilities(prob, geoms, burn=shapes_geojson)
+    areas, perimeters = geodesic_areas_perimeters(geoms, _to_lonlat(crs))
+    n = len(geoms)
+    columns = {
+        "area_m2": areas,
+        "area_ha": areas / 1e4,
+        "perimeter_m": perimeters,
+        "n_pixels": np.array(n_pixels, np.int64),
+        "mean_probability": np.asarray(means, np.float64),
+        "scene_id": np.full(n, str(meta.get("scene_id", "")), dtype=object),
+        "sensor": np.full(n, str(meta.get("sensor", "")), dtype=object),
+        "acquired": np.full(n, acquired, dtype=object),
+    }
     fields = list(POLYGON_FIELDS)
-    dtypes = [np.float64, np.float64, np.float64, np.int64, np.float64, object, object, object]
-    data = [np.array([r[f] for r in rows], dtype=d) for f, d in zip(fields, dtypes, strict=True)]
+    data = [columns[f] for f in fields]
     wkb = np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object)
     pyogrio.raw.write(
         str(target),
@@ -456,22 +486,58 @@ def write_polygons(
         crs=crs.to_wkt(),
     )
     return {
-        "n_polygons": len(rows),
+        "n_polygons": n,
         "n_dropped_below_mmu": dropped,
-        "kelp_m2_polygons": float(sum(r["area_m2"] for r in rows)),
+        "kelp_m2_polygons": float(areas.sum()),
     }
 
 
-def _mean_probability(prob: Any, geom: Any) -> float:
-    left, bottom, right, top = geom.bounds
-    window = rasterio.windows.from_bounds(left, bottom, right, top, prob.transform)
-    window = window.round_offsets().round_lengths()
-    data = prob.read(1, window=window)
-    inside = rasterio.features.geometry_mask(
-        [geom], out_shape=data.shape, transform=prob.window_transform(window), invert=True
-    )
-    values = data[inside & (data != NODATA)]
-    return float(values.mean() / PROB_SCALE) if values.size else float("nan")
+#: Rows of the probability raster read (and polygons burnt) at a time by ``mean_probabilities``.
+MEAN_STRIP_ROWS = 512
+
+
+def mean_probabilities(
+    prob: Any, geoms: Sequence[Any], strip_rows: int = MEAN_STRIP_ROWS, burn: Sequence[Any] | None = None
+) -> np.ndarray:
+    """Mean probability (0–1) of the ``prob`` raster's pixels inside each polygon (NaN if none).
+
+    One pass over the raster in strips of ``strip_rows`` full rows: the polygons that reach a strip
+    are burnt into a label strip (pixel centres inside, as ``geometry_mask``) and the pixel values
+    summed per label, instead of one raster read and one rasterisation per polygon. The polygons
+    of one scene are disjoint, so each pixel has at most one label; memory does not grow with the
+    scene's height. ``burn``: the same polygons as GeoJSON mappings (no conversion per strip).
+    """
+    import shapely
+
+    n = len(geoms)
+    if n == 0:
+        return np.zeros(0)
+    shapes = geoms if burn is None else burn
+    sums = np.zeros(n + 1)
+    counts = np.zeros(n + 1, np.int64)
+    minx, miny, maxx, maxy = shapely.bounds(np.asarray(geoms, dtype=object)).T
+    inverse = ~prob.transform
+    corner_rows = np.stack([np.asarray(inverse @ (x, y))[1] for x in (minx, maxx) for y in (miny, maxy)])
+    row_lo, row_hi = np.floor(corner_rows.min(axis=0)), np.ceil(corner_rows.max(axis=0))
+    for top in range(0, prob.height, strip_rows):
+        height = min(strip_rows, prob.height - top)
+        hits = np.flatnonzero((row_lo < top + height) & (row_hi > top))
+        if hits.size == 0:
+            continue
+        window = Window(0, top, prob.width, height)
+        labels = rasterio.features.rasterize(
+            [(shapes[i], int(i) + 1) for i in hits],
+            out_shape=(height, prob.width),
+            transform=prob.window_transform(window),
+            fill=0,
+            dtype="int32",
+        )
+        data = prob.read(1, window=window)
+        ok = (labels > 0) & (data != NODATA)
+        sums += np.bincount(labels[ok], weights=data[ok], minlength=n + 1)
+        counts += np.bincount(labels[ok], minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts[1:] > 0, sums[1:] / np.maximum(counts[1:], 1) / PROB_SCALE, np.nan)
 
 
 # ---- summary -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from kelpseg.errors import KelpsegError, StageNotRunError
 from kelpseg.io.catalog import load_catalog
@@ -36,7 +36,7 @@ from kelpseg.train.cache import TileCache
 from kelpseg.train.config import TrainConfig
 from kelpseg.train.dataset import KelpTileDataset
 from kelpseg.train.sampler import SamplerFactors, make_sampler, sampler_weights_by_tile
-from kelpseg.train.transforms import BatchTransform
+from kelpseg.train.transforms import BatchTransform, TransformingCollate
 
 TRAIN, VAL = "train", "val"
 
@@ -102,20 +102,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class TransformingCollate:
-    """DataLoader ``collate_fn`` that also applies the batch transform in the worker (one thread):
-    ``batch["input"]`` holds ``transform(batch["image"])``, which the training module then uses."""
-
-    def __init__(self, transform: BatchTransform) -> None:
-        self.transform = transform
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = default_collate(items)
-        with torch.no_grad():
-            batch["input"] = self.transform(batch["image"])
-        return batch
 
 
 class KelpDataModule(L.LightningDataModule):

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 
 from kelpseg.bands import BAND_INDEX, BANDS, N_BANDS, TILE_SIZE, band_positions
 from kelpseg.errors import KelpsegError, run_hint
@@ -332,6 +333,24 @@ class BatchTransform(nn.Module):
         top, bottom = pad_amounts(height, self.image_size)
         left, right = pad_amounts(width, self.image_size)
         return (left, right, top, bottom)
+
+
+class TransformingCollate:
+    """DataLoader ``collate_fn`` that also applies an input transform in the loader worker (with
+    the worker's single thread): ``batch["input"]`` holds ``transform(batch["image"])``.
+
+    ``no_grad`` rather than ``inference_mode``: training keeps these tensors for backward, which
+    inference tensors do not allow; the values are the same either way.
+    """
+
+    def __init__(self, transform: nn.Module) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(items)
+        with torch.no_grad():
+            batch["input"] = self.transform(batch["image"])
+        return batch
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

@@ -74,6 +74,11 @@ def test_overrides_parse_yaml_values_and_comma_lists() -> None:
         (["image_size=360"], "must be divisible by 32"),
         (["train_crop_size=100"], "train_crop_size=100 must be divisible by 32"),
         (["train_crop_size=384"], "larger than image_size"),
+        (["kelp_crop_probability=0.5"], "kelp_crop_probability=0.5 needs train_crop_size"),
+        (
+            ["train_crop_size=96", "kelp_crop_probability=1.5"],
+            "kelp_crop_probability: Input should be less than or equal to 1",
+        ),
         (["architecture=unetx"], "unknown architecture 'unetx'; choose one of unet, unetplusplus"),
         (["encoder=tu-efficientnet_b55"], "close matches: tu-efficientnet_b5"),
         (["encoder=resnet19"], "unknown encoder 'resnet19'"),

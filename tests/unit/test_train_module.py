@@ -96,6 +96,25 @@ def test_training_batch_is_cropped_and_augmented_consistently() -> None:
     assert x.shape == (2, 9, 352, 352) and mask.shape == (2, 352, 352)
 
 
+@pytest.mark.parametrize("crop_first", [True, False], ids=["raw-crop", "transformed-crop"])
+def test_kelp_crop_probability_puts_each_kelp_sample_s_window_on_its_kelp(crop_first: bool) -> None:
+    batch = raw_batch(4, seed=2)
+    batch["mask"].zero_()
+    spots = [(3, 340), (200, 5), (349, 349)]  # one kelp pixel per sample; the last sample has none
+    for i, (row, col) in enumerate(spots):
+        batch["mask"][i, row, col] = 1
+    # per-sample normalisation crops after the transform, on the padded tile and mask
+    options = {} if crop_first else {"normalization_strategy": "per-sample-min-max"}
+    module = KelpSegmentationModule(tiny_config(kelp_crop_probability=1.0, **options), fake_band_stats())
+    assert module._crop_first() is crop_first
+    _, mask = module._prepare_train_batch(batch)
+    assert mask.shape == (4, 64, 64)
+    assert [int(m.sum()) for m in mask] == [1, 1, 1, 0]
+    uniform = KelpSegmentationModule(tiny_config(**options), fake_band_stats())
+    _, mask = uniform._prepare_train_batch(batch)
+    assert int(mask[:3].sum()) < 3  # uniform 64-px windows of 350: each holds its pixel ~3 % of the time
+
+
 def test_batch_transformed_in_the_workers_trains_on_the_same_input() -> None:
     """A batch carrying ``input`` (the loader workers' transform, see TransformingCollate) gives the
     training step exactly the input and mask it computes itself from the raw tiles."""

@@ -372,3 +372,38 @@ def test_random_crop_takes_the_same_window_for_image_and_mask() -> None:
         assert torch.equal(
             out_img[i, 0].flatten().sort().values, image[i, 0][rows, cols].flatten().sort().values
         )
+
+
+def test_kelp_centred_crops_hold_the_kelp_pixel_and_stay_inside_the_tile() -> None:
+    from kelpseg.train.transforms import random_crop
+
+    n, size, crop = 64, 40, 16
+    image = torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size).repeat(n, 1, 1, 1)
+    mask = torch.zeros(n, size, size, dtype=torch.uint8)
+    spots = [(0, 0), (39, 39), (20, 3), (5, 30)]  # corners and edges: windows must be clamped
+    for i in range(n):
+        mask[i, spots[i % 4][0], spots[i % 4][1]] = 1
+    mask[3::8] = 0  # some samples hold no kelp: they keep their uniform window
+    gen = torch.Generator().manual_seed(1)
+    out_img, out_mask = random_crop(image, mask, crop, gen, kelp_probability=1.0)
+    assert out_img.shape == (n, 1, crop, crop) and out_mask.shape == (n, crop, crop)
+    for i in range(n):
+        top, left = divmod(int(out_img[i, 0, 0, 0]), size)  # the window's first pixel code
+        assert 0 <= top <= size - crop and 0 <= left <= size - crop
+        assert torch.equal(out_img[i, 0], image[i, 0, top : top + crop, left : left + crop])
+        assert int(out_mask[i].sum()) == int(mask[i].sum())  # the kelp pixel is inside
+
+
+def test_kelp_crop_probability_zero_gives_the_uniform_windows_and_bad_values_are_refused() -> None:
+    from kelpseg.train.transforms import random_crop
+
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randn(12, 3, 30, 30, generator=gen)
+    mask = (image[:, 0] > 1).to(torch.uint8)
+    plain = random_crop(image, mask, 8, torch.Generator().manual_seed(9))
+    zero = random_crop(image, mask, 8, torch.Generator().manual_seed(9), kelp_probability=0.0)
+    assert torch.equal(plain[0], zero[0]) and torch.equal(plain[1], zero[1])
+    half = random_crop(image, mask, 8, torch.Generator().manual_seed(9), kelp_probability=0.5)
+    assert not torch.equal(plain[0], half[0])
+    with pytest.raises(ValueError, match=r"kelp_probability must lie in \[0, 1\], got 1.5"):
+        random_crop(image, mask, 8, kelp_probability=1.5)

@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
     reference_preprocessing: bool = False
     augment: bool = True
     train_crop_size: int | None = Field(None, gt=0)
+    #: With train_crop_size: the chance that a training sample with kelp is cropped around one of
+    #: its kelp pixels rather than anywhere (see transforms.random_crop). 0: uniform windows.
+    kelp_crop_probability: float = Field(0.0, ge=0, le=1)
     use_weighted_sampler: bool = True
     samples_per_epoch: int = Field(10240, gt=0)
     has_kelp_importance_factor: float = 3.0
@@ -302,6 +305,11 @@ class TrainConfig(BaseModel):
                 )
             if self.train_crop_size % stride:
                 raise ValueError(f"train_crop_size={self.train_crop_size} must be divisible by {stride}")
+        elif self.kelp_crop_probability > 0:
+            raise ValueError(
+                f"kelp_crop_probability={self.kelp_crop_probability} needs train_crop_size "
+                "(whole tiles are not cropped)"
+            )
         if self.monitor_metric.endswith("loss") and self.monitor_mode == "max":
             raise ValueError(f"monitor_metric={self.monitor_metric} is a loss: use monitor_mode=min")
         if self.swa and self.swa_epoch_start >= 1 and self.swa_epoch_start > self.epochs:

@@ -124,18 +124,19 @@ class KelpSegmentationModule(pl.LightningModule):
         """Raw batch -> augmented model input and mask (crop, if configured, then flips / rotations)."""
         gen = self._augment_generator()
         crop = self.config.train_crop_size
+        towards_kelp = self.config.kelp_crop_probability
         with torch.no_grad():
             if self._crop_first():
-                raw, mask = random_crop(batch["image"], batch["mask"], int(crop), gen)
+                raw, mask = random_crop(batch["image"], batch["mask"], int(crop), gen, towards_kelp)
                 x = self.transform.normalize(self.transform.features(raw))
                 crop = None
             else:
                 x = batch["input"] if "input" in batch else self.transform(batch["image"])
                 mask = self.transform.pad_mask(batch["mask"])
             if self.config.augment:
-                x, mask = augment(x, mask, gen, crop_size=crop)
+                x, mask = augment(x, mask, gen, crop_size=crop, kelp_crop_probability=towards_kelp)
             elif crop is not None:
-                x, mask = random_crop(x, mask, crop, gen)
+                x, mask = random_crop(x, mask, crop, gen, towards_kelp)
         return x, mask
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:

@@ -490,7 +490,7 @@ def _centre_on_kelp(
     for i in range(n):
         if not chosen[i]:
             continue
-        kelp = (mask[i].reshape(height, width) == 1).flatten().nonzero().flatten()
+        kelp = (mask[i].reshape(-1) == 1).nonzero().flatten()  # flat indices into height x width
         if kelp.numel() == 0:
             continue
         flat = int(kelp[min(int(picks[i] * kelp.numel()), kelp.numel() - 1)])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +70,33 @@ def prepared_synthetic(
 
     Band stats cover ``indices`` (default: DEMWM and NDVI, what ``tiny_train_config`` uses);
     ``synth`` is a ``kelpseg.synthetic.SynthConfig`` (default: the generator's defaults).
+    Test modules asking for the same dataset get copies of one prepared in this session.
     """
+    key = (n_train, n_test, n_folds, seed, tuple(indices or ()), repr(synth))
+    if key not in _PREPARED:
+        if not _TEMPLATES:
+            _TEMPLATES.append(Path(tempfile.mkdtemp(prefix="kelpseg-test-templates-")))
+            atexit.register(shutil.rmtree, _TEMPLATES[0], True)
+        template = _TEMPLATES[0] / str(len(_PREPARED)) / "data"
+        _prepare(template, n_train, n_test, n_folds, seed, indices, synth)
+        _PREPARED[key] = template
+    shutil.copytree(_PREPARED[key], root)
+    return DataLayout(root)
+
+
+_PREPARED: dict[tuple, Path] = {}
+_TEMPLATES: list[Path] = []
+
+
+def _prepare(
+    root: Path,
+    n_train: int,
+    n_test: int,
+    n_folds: int,
+    seed: int,
+    indices: list[str] | None,
+    synth: object | None,
+) -> None:
     from kelpseg.prep.aoi import group_aois
     from kelpseg.prep.band_stats import compute_band_stats
     from kelpseg.prep.eda import run_eda
@@ -80,7 +109,6 @@ def prepared_synthetic(
     run_eda(layout, workers=2, progress=False)
     compute_band_stats(layout, indices=indices or ["DEMWM", "NDVI"], workers=2, progress=False)
     make_cv_split(layout, n_splits=n_folds)
-    return layout
 
 
 def tiny_train_config(layout: DataLayout, out: Path, steps: int, **overrides: object):

@@ -76,7 +76,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server not ready after {READY_TIMEOUT_S} s")
-            time.sleep(1.0)
+            time.sleep(0.25)
         yield url
     finally:
         try:

@@ -112,12 +112,19 @@ def wait_for_processes(proc: subprocess.Popen[str], n: int, timeout: float = 60)
         time.sleep(0.05)
 
 
+def alive_after(pgid: int, seconds: float = 5) -> list[int]:
+    """The processes of group ``pgid`` still alive ``seconds`` from now ([] as soon as none is)."""
+    deadline = time.monotonic() + seconds
+    while (alive := group_pids(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 def sigkill_leaves_nothing(proc: subprocess.Popen[str]) -> list[int]:
     """SIGKILL the main process; the processes of its group still alive 5 s later (killed after)."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    time.sleep(5)
-    alive = group_pids(proc.pid)
+    alive = alive_after(proc.pid)
     kill_group(proc.pid)
     return alive
 
@@ -373,8 +380,7 @@ def test_ctrl_c_of_a_stage(prepared: DataLayout, tmp_path: Path, command: str, n
     rc, err = interrupt(proc)
     line = assert_one_line_error((rc, err), "interrupted", code=(130,))
     assert "not written" in line
-    time.sleep(5)
-    assert group_pids(proc.pid) == []
+    assert alive_after(proc.pid) == []
 
 
 def test_ctrl_c_of_train_says_how_to_resume(prepared: DataLayout, tmp_path: Path):

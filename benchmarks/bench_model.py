@@ -6,6 +6,7 @@ import argparse
 import csv
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_data import bench_tile_read, ensure_dataset
@@ -214,6 +215,49 @@ def bench_train(data_dir: Path, args: argparse.Namespace) -> dict:
         out[f"{name}_loss_equal"] = losses[name] == losses["baseline_geotiff_nchw"]
     out["train_losses"] = losses
     out["repeats"] = {k: [round(v, 3) for v in vs] for k, vs in rates.items()}
+    step = _train_step_alone(args.repeats)
+    out.update(step)
+    fastest = min(step["step_nchw_ms_per_sample"], step["step_channels_last_ms_per_sample"])
+    out["ceiling_vs_baseline"] = round(1000 / base / fastest, 2)
+    return out
+
+
+def _train_step_alone(repeats: int) -> dict:
+    """The recipe's model (UNet + tu-resnet18, 24 channels, fp32) alone: GFLOP of forward and
+    backward per 352-px sample, and ms per sample of forward, loss, backward and an AdamW step on a
+    batch of 4 (best of ``repeats`` + 1 after a warm-up), NCHW and channels-last: what any input
+    pipeline leaves to the model (``ceiling_vs_baseline`` = baseline time per sample over it)."""
+    import segmentation_models_pytorch as smp
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 24, 352, 352), (torch.rand(4, 1, 352, 352) > 0.9).float()
+    out: dict = {}
+    for layout in ("nchw", "channels_last"):
+        model = smp.Unet("tu-resnet18", encoder_weights=None, in_channels=24, classes=1)
+        xs = x
+        if layout == "channels_last":
+            model, xs = (
+                model.to(memory_format=torch.channels_last),
+                x.contiguous(memory_format=torch.channels_last),
+            )
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+
+        def step(
+            model: torch.nn.Module = model, xs: torch.Tensor = xs, opt: torch.optim.Optimizer = opt
+        ) -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.binary_cross_entropy_with_logits(model(xs), y).backward()
+            opt.step()
+
+        if layout == "nchw":
+            with FlopCounterMode(display=False) as flops:
+                torch.nn.functional.binary_cross_entropy_with_logits(model(x[:1]), y[:1]).backward()
+            out["step_gflop_per_sample"] = round(flops.get_total_flops() / 1e9, 2)
+        step()
+        best = min(_timed(step) for _ in range(repeats + 1))
+        out[f"step_{layout}_ms_per_sample"] = round(1000 * best / x.shape[0], 1)
     return out
 
 
@@ -233,7 +277,15 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     main process (the baseline: the reference's pipeline), then the default pipeline (transform in
     the loader workers) with eager, channels-last and ONNX Runtime from the run's `kelpseg export`
     artefact (the default on a CPU); plus the largest probability difference of each path to fp32
-    eager over the predicted tiles (all through the default pipeline with 2 workers)."""
+    eager over the predicted tiles (all through the default pipeline with 2 workers).
+
+    ``*_vs_eager``: end to end, one ``predict_folder`` call per timing (its fixed cost, ~1 s of
+    loader start-up and model loading, included). ``*_steady_vs_eager``: the rate once running,
+    ``(n - 4) / (t(n) - t(4))`` from a call on 4 tiles and one on all of them, what a long job
+    (a test set, a scene) sees. ``model_*``: the model alone on a batch of 4 at 352 px — its
+    floating-point work per tile and the rate of each backend — and ``ceiling_vs_eager``: the
+    baseline's steady time per tile over the fastest backend's model time, the most any pipeline
+    change can gain without changing the model's arithmetic."""
     import numpy as np
 
     from kelpseg.infer.engine import export_onnx
@@ -244,31 +296,77 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     run_dir = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=1", "samples_per_epoch=8"])["run_dir"]
     export_onnx(load_run(run_dir))
     tiles = sorted(layout.test_images.glob("*_satellite.tif"))[: args.predict_tiles]
+    few = min(4, len(tiles) - 1)
     rates: dict[str, list[float]] = {p: [] for p in PREDICTION_PATHS}
+    steady: dict[str, list[float]] = {p: [] for p in PREDICTION_PATHS}
     for _ in range(args.repeats):
         for name, fields in PREDICTION_PATHS.items():
-            dest = layout.root / "bench-preds"
-            start = time.perf_counter()
-            opts = InferenceOptions(batch_size=4, progress=False, **fields)
-            predict_folder(run_dir, tiles, dest, options=opts)
-            rates[name].append(len(tiles) / (time.perf_counter() - start))
-            shutil.rmtree(dest, ignore_errors=True)
+            seconds = {}
+            for n in (few, len(tiles)):
+                dest = layout.root / "bench-preds"
+                start = time.perf_counter()
+                opts = InferenceOptions(batch_size=4, progress=False, **fields)
+                predict_folder(run_dir, tiles[:n], dest, options=opts)
+                seconds[n] = time.perf_counter() - start
+                shutil.rmtree(dest, ignore_errors=True)
+            rates[name].append(len(tiles) / seconds[len(tiles)])
+            steady[name].append((len(tiles) - few) / (seconds[len(tiles)] - seconds[few]))
     run = load_run(run_dir)
     probs = {}
     for name, fields in PREDICTION_PATHS.items():
         opts = InferenceOptions(batch_size=4, progress=False, **fields)
         probs[name] = np.concatenate([p for _, p, _ in iter_probabilities(run, tiles[:8], opts)])
+    model = _model_alone(run, args.repeats)
     shutil.rmtree(layout.root / "bench-runs", ignore_errors=True)
     base = _median(rates["eager_reference_pipeline"])
+    base_steady = _median(steady["eager_reference_pipeline"])
     out: dict = {"model": "UNet tu-resnet18, 24 channels, batch 4, fp32", "n_tiles": len(tiles)}
     out["eager_reference_pipeline_tiles_per_s"] = round(base, 2)
+    out["eager_reference_pipeline_steady_tiles_per_s"] = round(base_steady, 2)
     for name in list(PREDICTION_PATHS)[1:]:
         out[f"{name}_tiles_per_s"] = round(_median(rates[name]), 2)
         out[f"{name}_vs_eager"] = round(_median(rates[name]) / base, 2)
+        out[f"{name}_steady_tiles_per_s"] = round(_median(steady[name]), 2)
+        out[f"{name}_steady_vs_eager"] = round(_median(steady[name]) / base_steady, 2)
         diff = np.abs(probs[name] - probs["eager_reference_pipeline"]).max()
         out[f"{name}_max_prob_diff"] = float(diff)
+    out.update(model)
+    fastest = min(v for k, v in model.items() if k.endswith("_ms_per_tile"))
+    out["ceiling_vs_eager"] = round(1000 / base_steady / fastest, 2)
     out["repeats"] = {k: [round(v, 2) for v in vs] for k, vs in rates.items()}
+    out["repeats_steady"] = {k: [round(v, 2) for v in vs] for k, vs in steady.items()}
     return out
+
+
+def _model_alone(run: object, repeats: int) -> dict:
+    """GFLOP per 352-px tile of the run's model and its ms per tile (batch 4, best of ``repeats``
+    + 1 timed calls after a warm-up) with each prediction backend as ``predict`` builds it (ONNX:
+    the run's exported model); ``model_onnx_gflop_per_s`` is the rate the CPU sustains on it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kelpseg.infer.engine import build_runner
+
+    x = torch.randn(4, run.config.in_channels, 352, 352, generator=torch.Generator().manual_seed(0))  # type: ignore[attr-defined]
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+        run.model.eval()(x[:1])  # type: ignore[attr-defined]
+    gflop = flops.get_total_flops() / 1e9
+    out: dict = {"model_gflop_per_tile": round(gflop, 2)}
+    with torch.inference_mode():
+        for name in ("eager", "channels_last", "onnx"):
+            call = build_runner(run, name, torch.device("cpu"))
+            call(x)
+            best = min(_timed(lambda call=call: call(x)) for _ in range(repeats + 1))
+            out[f"model_{name}_ms_per_tile"] = round(1000 * best / x.shape[0], 1)
+        run.model.to(memory_format=torch.contiguous_format)  # type: ignore[attr-defined]
+    out["model_onnx_gflop_per_s"] = round(gflop / (out["model_onnx_ms_per_tile"] / 1000), 1)
+    return out
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 BENCHMARKS = {

@@ -121,7 +121,7 @@ def alive_after(pgid: int, seconds: float = 5) -> list[int]:
 
 
 def sigkill_leaves_nothing(proc: subprocess.Popen[str]) -> list[int]:
-    """SIGKILL the main process; the processes of its group still alive 5 s later (killed after)."""
+    """SIGKILL the main process; the processes of its group still alive after up to 5 s (killed after)."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     alive = alive_after(proc.pid)

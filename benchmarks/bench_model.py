@@ -299,6 +299,8 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
     run_dir = _train(layout, BEST, [*REFERENCE_RECIPE, "epochs=1", "samples_per_epoch=8"])["run_dir"]
     export_onnx(load_run(run_dir))
     tiles = sorted(layout.test_images.glob("*_satellite.tif"))[: args.predict_tiles]
+    if len(tiles) < 2:
+        raise SystemExit(f"inference: needs 2 or more test tiles, found {len(tiles)} (see --n-test)")
     few = min(4, len(tiles) - 1)
     rates: dict[str, list[float]] = {p: [] for p in PREDICTION_PATHS}
     steady: dict[str, list[float]] = {p: [] for p in PREDICTION_PATHS}

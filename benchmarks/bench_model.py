@@ -223,38 +223,47 @@ def bench_train(data_dir: Path, args: argparse.Namespace) -> dict:
 
 
 def _train_step_alone(repeats: int) -> dict:
-    """The recipe's model (UNet + tu-resnet18, 24 channels, fp32) alone: GFLOP of forward and
-    backward per 352-px sample, and ms per sample of forward, loss, backward and an AdamW step on a
-    batch of 4 (best of ``repeats`` + 1 after a warm-up), NCHW and channels-last: what any input
-    pipeline leaves to the model (``ceiling_vs_baseline`` = baseline time per sample over it)."""
-    import segmentation_models_pytorch as smp
+    """The recipe's model and loss alone (best.yaml with the reference recipe's overrides, as
+    ``bench_train`` trains it): GFLOP of forward and backward per sample, and ms per sample of
+    forward, loss, backward and an AdamW step on a batch (best of ``repeats`` + 1 after a warm-up),
+    NCHW and channels-last: what any input pipeline leaves to the model (``ceiling_vs_baseline`` =
+    baseline time per sample over it)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    torch.manual_seed(0)
-    x, y = torch.randn(4, 24, 352, 352), (torch.rand(4, 1, 352, 352) > 0.9).float()
+    from kelpseg.train.config import load_config
+    from kelpseg.train.losses import create_loss, loss_options
+    from kelpseg.train.module import model_from_config
+
+    cfg = load_config(BEST, REFERENCE_RECIPE)
+    loss_fn = create_loss(cfg.loss, **loss_options(cfg.to_dict()))
+    generator = torch.Generator().manual_seed(0)
+    shape = (cfg.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)
+    x = torch.randn(shape, generator=generator)
+    y = (torch.rand((cfg.batch_size, 1, cfg.image_size, cfg.image_size), generator=generator) > 0.9).float()
     out: dict = {}
     for layout in ("nchw", "channels_last"):
-        model = smp.Unet("tu-resnet18", encoder_weights=None, in_channels=24, classes=1)
+        torch.manual_seed(0)
+        model = model_from_config(cfg)
         xs = x
         if layout == "channels_last":
             model, xs = (
                 model.to(memory_format=torch.channels_last),
                 x.contiguous(memory_format=torch.channels_last),
             )
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        if layout == "nchw":
+            with FlopCounterMode(display=False) as flops:
+                loss_fn(model(x[:1]), y[:1]).backward()
+            out["step_gflop_per_sample"] = round(flops.get_total_flops() / 1e9, 2)
 
         def step(
             model: torch.nn.Module = model, xs: torch.Tensor = xs, opt: torch.optim.Optimizer = opt
         ) -> None:
             opt.zero_grad(set_to_none=True)
-            torch.nn.functional.binary_cross_entropy_with_logits(model(xs), y).backward()
+            loss_fn(model(xs), y).backward()
             opt.step()
 
-        if layout == "nchw":
-            with FlopCounterMode(display=False) as flops:
-                torch.nn.functional.binary_cross_entropy_with_logits(model(x[:1]), y[:1]).backward()
-            out["step_gflop_per_sample"] = round(flops.get_total_flops() / 1e9, 2)
         step()
         best = min(_timed(step) for _ in range(repeats + 1))
         out[f"step_{layout}_ms_per_sample"] = round(1000 * best / x.shape[0], 1)
@@ -344,15 +353,17 @@ def bench_inference(data_dir: Path, args: argparse.Namespace) -> dict:
 
 
 def _model_alone(run: object, repeats: int) -> dict:
-    """GFLOP per 352-px tile of the run's model and its ms per tile (batch 4, best of ``repeats``
-    + 1 timed calls after a warm-up) with each prediction backend as ``predict`` builds it (ONNX:
-    the run's exported model); ``model_onnx_gflop_per_s`` is the rate the CPU sustains on it."""
+    """GFLOP per tile (at the run's image size) of the run's model and its ms per tile (batch 4,
+    best of ``repeats`` + 1 timed calls after a warm-up) with each prediction backend as ``predict``
+    builds it (ONNX: the run's exported model); ``model_onnx_gflop_per_s`` is the rate the CPU
+    sustains on it."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from kelpseg.infer.engine import build_runner
 
-    x = torch.randn(4, run.config.in_channels, 352, 352, generator=torch.Generator().manual_seed(0))  # type: ignore[attr-defined]
+    size = run.config.image_size  # type: ignore[attr-defined]
+    x = torch.randn(4, run.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))  # type: ignore[attr-defined]
     with torch.inference_mode(), FlopCounterMode(display=False) as flops:
         run.model.eval()(x[:1])  # type: ignore[attr-defined]
     gflop = flops.get_total_flops() / 1e9

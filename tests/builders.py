@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,10 +75,7 @@ def prepared_synthetic(
     """
     key = (n_train, n_test, n_folds, seed, tuple(indices or ()), repr(synth))
     if key not in _PREPARED:
-        if not _TEMPLATES:
-            _TEMPLATES.append(Path(tempfile.mkdtemp(prefix="kelpseg-test-templates-")))
-            atexit.register(shutil.rmtree, _TEMPLATES[0], True)
-        template = _TEMPLATES[0] / str(len(_PREPARED)) / "data"
+        template = _templates_dir() / str(len(_PREPARED)) / "data"
         _prepare(template, n_train, n_test, n_folds, seed, indices, synth)
         _PREPARED[key] = template
     shutil.copytree(_PREPARED[key], root)
@@ -85,7 +83,14 @@ def prepared_synthetic(
 
 
 _PREPARED: dict[tuple, Path] = {}
-_TEMPLATES: list[Path] = []
+
+
+@functools.cache
+def _templates_dir() -> Path:
+    """This session's folder of prepared datasets, removed when the test process exits."""
+    path = Path(tempfile.mkdtemp(prefix="kelpseg-test-templates-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _prepare(
